@@ -33,10 +33,10 @@ class FAMO(Balancer):
     the gradient of :math:`c \sum_i z_i \log \ell_i` with :math:`c` held constant, where
     :math:`\ell_i` is the shifted loss ``loss_i - floor_i + eps``. After the optimizer step,
     :meth:`update` takes the losses re-measured on the same batch,
-    :math:`\delta_i = \log \ell_i^{\text{before}} - \log \ell_i^{\text{after}}`, and steps the logits
-    :math:`\xi` with Adam on the gradient :math:`J_{\text{softmax}}(\xi)^\top \delta`, learning rate
-    ``weight_lr`` (the paper's :math:`\beta`) and L2 decay ``weight_decay`` (the paper's
-    :math:`\gamma`).
+    :math:`\delta_i = \log \ell_i^{\text{before}} - \log \ell_i^{\text{after}}`, and steps the
+    logits :math:`\xi` with Adam on the gradient :math:`J_{\text{softmax}}(\xi)^\top \delta`,
+    learning rate ``weight_lr`` (the paper's :math:`\beta`) and L2 decay ``weight_decay``
+    (the paper's :math:`\gamma`).
 
     **Floors.** With ``min_losses`` given, they are declared lower bounds of the losses and a loss
     below its floor is a misuse: on the CPU it raises :class:`ValueError` at once; on an
