@@ -104,8 +104,9 @@ class UncertaintyWeighting(Balancer):
         negative = present & (losses.detach() < 0)
         if bool(negative.any()):
             task = int(negative.nonzero()[0, 0])
+            value = float(losses.detach()[task])
             raise ValueError(
-                f"uncertainty weighting needs non-negative losses, found {float(losses[task]):.6g} "
+                f"uncertainty weighting needs non-negative losses, found {value:.6g} "
                 f"for task {task}; use FAMO (which handles negative losses) or shift the losses"
             )
         if losses.device != self.log_vars.device:
