@@ -1,0 +1,133 @@
+"""``famo-rl``: train a multitask agent from a YAML config, or evaluate a finished run.
+
+User errors (a bad config, an unknown task, a missing run) print one line and exit with status 2,
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from famo_rl.training.config import ConfigError, TrainConfig, load_config
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"famo-rl {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="famo-rl", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an agent from a YAML config")
+    train.add_argument("config", nargs="?", help="YAML config, e.g. configs/mt10_famo.yaml")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set agent.critic_balancer=ls (repeatable)",
+    )
+    train.add_argument("--run-dir", help="run directory (default: runs/<config>-seed<N>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate the newest checkpoint of a run")
+    evaluate.add_argument("run_dir", help="a run directory written by 'famo-rl train'")
+    evaluate.add_argument("--episodes", type=int, help="episodes per task (default: the run's)")
+    evaluate.add_argument("--json", dest="json_path", help="also write the results to this file")
+    evaluate.set_defaults(handler=_eval)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from famo_rl.training.trainer import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        config_path = run_dir / "config.yaml"
+        if args.config:
+            raise ConfigError("give either a config or --resume RUN_DIR, not both")
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+        config = load_config(config_path, args.overrides)
+    else:
+        if not args.config:
+            raise ConfigError("a config file is required, e.g. famo-rl train configs/mt10_famo.yaml")
+        config = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir or config.run_dir or _default_run_dir(args.config, config))
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+
+    trainer = Trainer(config, run_dir, resume=bool(args.resume))
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
+    best = result.best_success_rate
+    print(f"finished {result.steps} steps in {result.run_dir}; best eval success rate {best:.3f}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from famo_rl.evaluation import evaluate
+    from famo_rl.training.checkpoints import CheckpointManager
+    from famo_rl.training.trainer import build_agent, build_envs, resolve_device
+
+    run_dir = Path(args.run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = load_config(config_path)
+    if args.episodes is not None and args.episodes < 1:
+        raise ConfigError(f"--episodes must be positive, found {args.episodes}")
+    device = resolve_device(config.device)
+    state = CheckpointManager(run_dir / "checkpoints").load_latest(map_location=device)
+    if state is None:
+        raise FileNotFoundError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
+    envs = build_envs(config, config.seed)
+    try:
+        agent = build_agent(config, envs, device)
+        agent.load_state_dict(state["agent"])
+        result = evaluate(agent, envs, args.episodes or config.eval_episodes)
+    finally:
+        envs.close()
+    print(f"step {state['step']}: mean success rate {result.mean_success_rate:.3f}")
+    for name, rate in result.success_rate.items():
+        print(f"  {name:32s} {rate:.3f}")
+    if args.json_path:
+        Path(args.json_path).write_text(
+            json.dumps(
+                {
+                    "step": state["step"],
+                    "mean_success_rate": result.mean_success_rate,
+                    "success_rate": result.success_rate,
+                    "mean_return": result.mean_return,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _default_run_dir(config_path: str, config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{Path(config_path).stem}-seed{config.seed}-{stamp}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""What the training loop expects of a multitask vector environment.
+
+Both Meta-World (MT10, MT50, custom task lists) and the synthetic suite are gymnasium vector
+environments with one sub-environment per task, in task order, so ``task_idx == env index``:
+
+- ``num_envs == num_tasks`` and ``task_names[i]`` names sub-environment ``i``;
+- observations have shape ``(num_tasks, obs_dim + num_tasks)``: the task's own observation followed
+  by the one-hot task id (Meta-World's ``use_one_hot=True`` layout);
+- ``step`` autoresets in the same step (gymnasium ``AutoresetMode.SAME_STEP``): when an episode
+  ends, the returned observation already starts the next one and the true last observation is in
+  ``info["final_obs"][i]`` (with ``info["_final_obs"][i]`` true), its info in ``info["final_info"]``;
+- ``info["success"]`` holds each sub-environment's 0/1 success at every step;
+- ``terminated`` is true only at a true terminal state (bootstrap on it alone); time limits set
+  ``truncated``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+
+
+@runtime_checkable
+class MultiTaskVectorEnv(Protocol):
+    """The part of a gymnasium ``VectorEnv`` the trainer uses, plus the task names."""
+
+    num_envs: int
+    task_names: list[str]
+    single_observation_space: gym.spaces.Box
+    single_action_space: gym.spaces.Box
+
+    def reset(
+        self, *, seed: int | None = None, options: dict | None = None
+    ) -> tuple[npt.NDArray[np.floating], dict]: ...
+
+    def step(
+        self, actions: npt.NDArray[np.floating]
+    ) -> tuple[
+        npt.NDArray[np.floating],
+        npt.NDArray[np.floating],
+        npt.NDArray[np.bool_],
+        npt.NDArray[np.bool_],
+        dict,
+    ]: ...
+
+    def close(self) -> None: ...
+
+
+def split_observation(
+    obs: npt.NDArray[np.floating], num_tasks: int
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
+    """Split ``(n, obs_dim + num_tasks)`` observations into the task's own part and ``task_idx``.
+
+    The replay buffer stores ``task_idx`` rather than the one-hot, which is rebuilt on the device.
+    """
+    if obs.ndim != 2 or obs.shape[1] <= num_tasks:
+        raise ValueError(
+            f"observations must have shape (n, obs_dim + {num_tasks}) with a one-hot task id at "
+            f"the end, found shape {obs.shape}"
+        )
+    return obs[:, :-num_tasks], np.argmax(obs[:, -num_tasks:], axis=1).astype(np.int64)

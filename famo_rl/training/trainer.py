@@ -1,0 +1,309 @@
+"""The training loop: collect, update, evaluate, log, checkpoint.
+
+Only this module logs; the agent and the balancers return metrics as tensors, which are brought to
+the host once per logging interval (not once per update).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from famo_rl.agents import MultiTaskReplayBuffer, MultiTaskSAC
+from famo_rl.envs import MultiTaskVectorEnv, make_envs, split_observation
+from famo_rl.evaluation import EvalResult, evaluate
+
+from .checkpoints import CheckpointManager
+from .config import TrainConfig, config_to_dict
+from .episodes import EpisodeTracker
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_envs(config: TrainConfig, seed: int) -> MultiTaskVectorEnv:
+    """The vector environment a config describes, seeded with ``seed``."""
+    env = config.env
+    return make_envs(
+        env.name,
+        seed=seed,
+        num_tasks=env.num_tasks,
+        max_episode_steps=env.max_episode_steps,
+        reward_function_version=env.reward_function_version,
+        vector_strategy=env.vector_strategy,
+        use_cache=env.use_cache,
+    )
+
+
+def build_agent(
+    config: TrainConfig, envs: MultiTaskVectorEnv, device: torch.device
+) -> MultiTaskSAC:
+    """A multitask SAC sized for ``envs``."""
+    num_tasks = envs.num_envs
+    obs_dim = envs.single_observation_space.shape[0] - num_tasks
+    action_space = envs.single_action_space
+    return MultiTaskSAC(
+        obs_dim=obs_dim,
+        action_dim=action_space.shape[0],
+        num_tasks=num_tasks,
+        config=config.agent,
+        device=device,
+        action_low=action_space.low,
+        action_high=action_space.high,
+        seed=config.seed,
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    steps: int
+    updates: int
+    last_eval: EvalResult | None
+    best_success_rate: float
+
+
+class Trainer:
+    """Trains a multitask SAC agent as a :class:`TrainConfig` describes.
+
+    :param config: the validated configuration.
+    :param run_dir: where the resolved config, TensorBoard events, metrics and checkpoints go.
+    :param resume: continue from the newest checkpoint in ``run_dir``.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        _seed_everything(config.seed)
+        self.envs = build_envs(config, config.seed)
+        self.eval_envs: MultiTaskVectorEnv | None = None
+        self.task_names = list(self.envs.task_names)
+        self.num_tasks = self.envs.num_envs
+        self.agent = build_agent(config, self.envs, self.device)
+        obs_dim = self.envs.single_observation_space.shape[0] - self.num_tasks
+        self.buffer = MultiTaskReplayBuffer(
+            num_tasks=self.num_tasks,
+            obs_dim=obs_dim,
+            action_dim=self.envs.single_action_space.shape[0],
+            capacity=config.buffer_capacity,
+            device=self.device,
+            seed=config.seed,
+        )
+        self.tracker = EpisodeTracker(self.num_tasks)
+        self.action_rng = np.random.default_rng(config.seed)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", config.keep_checkpoints)
+        self.step = 0
+        self.updates = 0
+        self.best_success_rate = float("nan")
+        self.last_eval: EvalResult | None = None
+        if resume:
+            self._restore()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(
+            yaml.safe_dump(config_to_dict(config), sort_keys=False)
+        )
+        self.writer = SummaryWriter(str(self.run_dir))
+
+    # ----------------------------------------------------------------------------------------------
+    # The loop.
+
+    def train(self) -> TrainResult:
+        """Run until ``total_steps``, evaluating, logging and checkpointing along the way."""
+        config = self.config
+        obs, _ = self.envs.reset(seed=config.seed + self.step)
+        progress = tqdm(
+            total=config.total_steps,
+            initial=self.step,
+            disable=not config.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        window_start, window_step = time.perf_counter(), self.step
+        metrics: dict[str, torch.Tensor] = {}
+        try:
+            while self.step < config.total_steps:
+                obs = self._collect(obs)
+                self.step += 1
+                if self._ready_to_update():
+                    for _ in range(config.updates_per_step):
+                        metrics = self.agent.update(self.buffer.sample(config.batch_size_per_task))
+                        self.updates += 1
+                progress.update(1)
+                if self.step % config.log_every == 0:
+                    now = time.perf_counter()
+                    steps_per_second = (self.step - window_step) / max(now - window_start, 1e-9)
+                    window_start, window_step = now, self.step
+                    self._log_training(metrics, steps_per_second)
+                    progress.set_postfix(self._postfix(steps_per_second), refresh=False)
+                if self.step % config.eval_every == 0 or self.step == config.total_steps:
+                    self._evaluate()
+                    progress.set_postfix(self._postfix(None), refresh=False)
+                if self.step % config.checkpoint_every == 0 or self.step == config.total_steps:
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+            self.writer.flush()
+        return TrainResult(
+            self.run_dir, self.step, self.updates, self.last_eval, self.best_success_rate
+        )
+
+    def close(self) -> None:
+        """Release the environments and the event writer."""
+        self.writer.close()
+        self.envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
+
+    def _ready_to_update(self) -> bool:
+        # After a resume the buffer starts empty: wait until every task has a transition.
+        return self.step > self.config.warmup_steps and min(self.buffer.size_per_task) > 0
+
+    def _collect(self, obs: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+        """Step every task once, store the transitions, and return the next observations."""
+        if self.step < self.config.warmup_steps:
+            space = self.envs.single_action_space
+            actions = self.action_rng.uniform(
+                space.low, space.high, size=(self.num_tasks, *space.shape)
+            ).astype(space.dtype)
+        else:
+            actions = self.agent.act(obs)
+        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        done = np.logical_or(terminated, truncated)
+        # With same-step autoreset, next_obs already starts the next episode where one ended.
+        final_obs = next_obs
+        if done.any():
+            final_obs = next_obs.copy()
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_obs[i] = info["final_obs"][i]
+        state, _ = split_observation(obs, self.num_tasks)
+        next_state, _ = split_observation(final_obs, self.num_tasks)
+        self.buffer.add(state, actions, reward, next_state, terminated)
+        self.tracker.record(reward, info["success"], done)
+        return next_obs
+
+    # ----------------------------------------------------------------------------------------------
+    # Evaluation, logging and checkpoints.
+
+    def _evaluate(self) -> EvalResult:
+        if self.eval_envs is None:
+            # The same seed: Meta-World's seed fixes each task's set of goals, which evaluation
+            # must share with training; each episode then draws its goal from that set.
+            self.eval_envs = build_envs(self.config, self.config.seed)
+        result = evaluate(self.agent, self.eval_envs, self.config.eval_episodes)
+        self.last_eval = result
+        if not self.best_success_rate >= result.mean_success_rate:
+            self.best_success_rate = result.mean_success_rate
+        step = self.step
+        self.writer.add_scalar("eval/success_rate", result.mean_success_rate, step)
+        self.writer.add_scalar("eval/best_success_rate", self.best_success_rate, step)
+        self.writer.add_scalar("eval/return", result.mean_return, step)
+        for name in self.task_names:
+            self.writer.add_scalar(f"eval/success_rate/{name}", result.success_rate[name], step)
+            self.writer.add_scalar(f"eval/return/{name}", result.mean_returns[name], step)
+        self._append_metrics(
+            {
+                "step": step,
+                "eval/success_rate": result.mean_success_rate,
+                "eval/best_success_rate": self.best_success_rate,
+                "eval/return": result.mean_return,
+                "eval/success_rate_per_task": result.success_rate,
+            }
+        )
+        return result
+
+    def _log_training(self, metrics: dict[str, torch.Tensor], steps_per_second: float) -> None:
+        step = self.step
+        self.writer.add_scalar("time/steps_per_second", steps_per_second, step)
+        self.writer.add_scalar("time/updates", self.updates, step)
+        host = {key: value.detach().cpu().tolist() for key, value in metrics.items()}
+        for key, value in host.items():
+            if isinstance(value, list) and len(value) == self.num_tasks:
+                for name, item in zip(self.task_names, value, strict=True):
+                    self.writer.add_scalar(f"{key}/{name}", item, step)
+                if not key.startswith("balancer/"):
+                    self.writer.add_scalar(key, float(np.mean(value)), step)
+            elif isinstance(value, float):
+                self.writer.add_scalar(key, value, step)
+        success, returns = self.tracker.success_rate(), self.tracker.mean_return()
+        if not np.isnan(success).all():
+            self.writer.add_scalar("rollout/success_rate", float(np.nanmean(success)), step)
+            self.writer.add_scalar("rollout/episode_return", float(np.nanmean(returns)), step)
+        for i, name in enumerate(self.task_names):
+            if not np.isnan(success[i]):
+                self.writer.add_scalar(f"rollout/success_rate/{name}", success[i], step)
+                self.writer.add_scalar(f"rollout/episode_return/{name}", returns[i], step)
+
+    def _postfix(self, steps_per_second: float | None) -> dict[str, str]:
+        postfix = {}
+        if steps_per_second is not None:
+            postfix["sps"] = f"{steps_per_second:.0f}"
+        if self.last_eval is not None:
+            postfix["eval_success"] = f"{self.last_eval.mean_success_rate:.2f}"
+        return postfix
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self) -> Path:
+        """Save everything needed to continue: agent, counters, episode stats, random states."""
+        return self.checkpoints.save(
+            self.step,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": self.step,
+                "updates": self.updates,
+                "best_success_rate": self.best_success_rate,
+                "config": config_to_dict(self.config),
+                "task_names": self.task_names,
+                "agent": self.agent.state_dict(),
+                "tracker": self.tracker.state_dict(),
+                "action_rng": self.action_rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+
+    def _restore(self) -> None:
+        state = self.checkpoints.load_latest(map_location=self.device)
+        if state is None:
+            raise FileNotFoundError(f"no readable checkpoint in {self.checkpoints.folder}")
+        if state.get("task_names") != self.task_names:
+            raise ValueError(
+                f"checkpoint tasks {state.get('task_names')} differ from this run's "
+                f"{self.task_names}"
+            )
+        self.agent.load_state_dict(state["agent"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.action_rng.bit_generator.state = state["action_rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(state["step"])
+        self.updates = int(state["updates"])
+        self.best_success_rate = float(state["best_success_rate"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
