@@ -137,6 +137,20 @@ def test_absent_tasks_are_untouched_and_contribute_nothing() -> None:
     assert three.logits[2] == 0.0 and three.adam_steps[2] == 0 and three.exp_avg[2] == 0
 
 
+def test_absent_task_keeps_the_step_scale_through_its_last_known_loss() -> None:
+    """A batch missing the small-loss task must not take a raw step on the large-loss task."""
+    famo = FAMO(2)
+    step(famo, torch.tensor([1e-3, 1e3]), torch.tensor([1e-3, 1e3]))
+    grad = step(
+        famo, torch.tensor([5.0, 1e3]), torch.tensor([5.0, 1e3]), torch.tensor([False, True])
+    )
+    z = famo.weights
+    expected = (z[1] / 1e3) / (z[0] / 1e-3 + z[1] / 1e3)
+    assert grad[0] == 0.0
+    torch.testing.assert_close(grad[1], expected, rtol=1e-4, atol=0)
+    assert grad[1] < 1e-3  # restricted to the present task alone, the weight would be 1
+
+
 def test_non_finite_after_loss_skips_that_task_only() -> None:
     famo = FAMO(3)
     step(famo, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, float("nan"), float("inf")]))

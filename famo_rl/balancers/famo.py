@@ -49,7 +49,10 @@ class FAMO(Balancer):
 
     **Masks.** Absent tasks contribute nothing to the update, and their logits (with their Adam
     moments and step counts) are left untouched: the softmax Jacobian is taken over the present
-    tasks only.
+    tasks only. The normaliser :math:`c` still counts an absent task, at its last known loss, so
+    that the update keeps the scale it has on full batches; the present tasks' effective weights
+    then sum to less than one. (Restricting :math:`c` to the present tasks lets one batch that
+    misses the small-loss tasks take a raw, unbalanced step on the large-loss ones.)
 
     **Distributed.** When a process group with several ranks is initialised, the ``num_tasks``
     detached losses are averaged across ranks in both phases (never gradients), so every rank
@@ -81,6 +84,7 @@ class FAMO(Balancer):
     adam_steps: Tensor
     floors: Tensor
     floor_violations: Tensor
+    last_losses: Tensor
     effective_weights: Tensor
 
     def __init__(
@@ -122,6 +126,8 @@ class FAMO(Balancer):
             floors = _as_floor_tensor(min_losses, num_tasks)
         self.register_buffer("floors", floors)
         self.register_buffer("floor_violations", torch.zeros((), dtype=torch.long))
+        # Each task's most recent (rank-averaged) loss; NaN until the task is first seen.
+        self.register_buffer("last_losses", torch.full((num_tasks,), float("nan")))
         self.register_buffer("effective_weights", zeros + 1.0 / num_tasks, persistent=False)
         self._pending: tuple[Tensor, Tensor] | None = None
 
@@ -149,10 +155,19 @@ class FAMO(Balancer):
 
         floors = self._floors_after_seeing(raw, present)
         shifted = self._shift(raw, floors, present)
-        weights = torch.where(present, torch.softmax(self.logits, dim=0), 0.0)
+        all_weights = torch.softmax(self.logits, dim=0)
+        weights = torch.where(present, all_weights, 0.0)
         ratio = weights / shifted
-        scale = 1.0 / ratio.sum().clamp(min=torch.finfo(ratio.dtype).tiny)
+        # Absent tasks enter the normaliser c with their last known loss, so that the step size
+        # does not jump when a batch happens to miss the tasks with the smallest losses.
+        remembered = ~present & torch.isfinite(self.last_losses)
+        absent_ratio = torch.where(
+            remembered, all_weights / self._shift(self.last_losses, floors, remembered), 0.0
+        )
+        denominator = ratio.sum() + absent_ratio.sum()
+        scale = 1.0 / denominator.clamp(min=torch.finfo(ratio.dtype).tiny)
         effective = scale * ratio
+        self.last_losses.copy_(torch.where(present, raw, self.last_losses))
         objective = scale * (weights * torch.log(shifted)).sum()
 
         # The value is the paper's objective; the gradient is its gradient, written as a weighted
