@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from famo_rl.agents import MultiTaskReplayBuffer, MultiTaskSAC
-from famo_rl.envs import MultiTaskVectorEnv, make_envs, split_observation
+from famo_rl.envs import MultiTaskVectorEnv, make_envs, split_observation, step_success
 from famo_rl.evaluation import EvalResult, evaluate
 
 from .checkpoints import CheckpointManager
@@ -200,7 +200,7 @@ class Trainer:
         state, _ = split_observation(obs, self.num_tasks)
         next_state, _ = split_observation(final_obs, self.num_tasks)
         self.buffer.add(state, actions, reward, next_state, terminated)
-        self.tracker.record(reward, info["success"], done)
+        self.tracker.record(reward, step_success(info, done), done)
         return next_obs
 
     # ----------------------------------------------------------------------------------------------
