@@ -67,7 +67,9 @@ def _train(args: argparse.Namespace) -> int:
         config = load_config(config_path, args.overrides)
     else:
         if not args.config:
-            raise ConfigError("a config file is required, e.g. famo-rl train configs/mt10_famo.yaml")
+            raise ConfigError(
+                "a config file is required, e.g. famo-rl train configs/mt10_famo.yaml"
+            )
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or config.run_dir or _default_run_dir(args.config, config))
         if (run_dir / "checkpoints").exists():
