@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import ConfigDict
 from torch import Tensor
 
-from ..balancers import Balancer, make_balancer
+from ..balancers import Balancer, balancer_options, make_balancer
 from ..envs.base import split_observation
 from .buffer import Batch, _check_positive_int
 from .networks import SquashedGaussianActor, TwinCritic
@@ -38,6 +39,9 @@ class SACConfig:
         FAMO's own default ``weight_decay`` is 1e-3 (the paper's Algorithm 2); the authors' MT10
         run used 1e-2. Pass it through ``critic_balancer_options`` to match that run.
     """
+
+    # Unknown keys in a YAML config are errors, not silently ignored.
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     #: Widths of the hidden ReLU layers of the actor and of each Q network.
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
@@ -96,6 +100,19 @@ class SACConfig:
             raise ValueError(f"grad_clip must be positive or None, found {self.grad_clip!r}")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise ValueError(f"target_entropy must be finite or None, found {self.target_entropy}")
+        for role in ("critic", "actor", "alpha"):
+            name = getattr(self, f"{role}_balancer")
+            options = getattr(self, f"{role}_balancer_options")
+            try:
+                valid = balancer_options(name)
+            except ValueError as error:
+                raise ValueError(f"{role}_balancer: {error}") from None
+            unknown = sorted(set(options) - set(valid))
+            if unknown:
+                raise ValueError(
+                    f"{role}_balancer_options: balancer {name!r} has no option {unknown[0]!r}; "
+                    f"its options are: {', '.join(valid) if valid else '(none)'}"
+                )
 
 
 @dataclass(frozen=True)

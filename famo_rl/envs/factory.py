@@ -27,6 +27,7 @@ def make_envs(
     *,
     seed: int,
     num_tasks: int | None = None,
+    reward_scales: Sequence[float] | None = None,
     max_episode_steps: int | None = None,
     terminate_on_success: bool = False,
     vector_strategy: Literal["sync", "async"] = "sync",
@@ -41,6 +42,7 @@ def make_envs(
     :param seed: fixes the tasks (goals) and seeds the environment.
     :param num_tasks: tasks of the synthetic suite (default 4). For Meta-World it may only repeat
         the benchmark's own count, so that one config can name it for every environment.
+    :param reward_scales: synthetic only: per-task reward scales (default ``logspace(-2, 2, K)``).
     :param max_episode_steps: episode length; ``None`` means 50 (synthetic) or 500 (Meta-World).
     :param terminate_on_success: end episodes at their first success.
     :param vector_strategy: Meta-World only: ``"sync"`` or ``"async"`` sub-environments.
@@ -56,12 +58,18 @@ def make_envs(
             return SyntheticMultiTaskEnv(
                 count,
                 episode_length=max_episode_steps or DEFAULT_SYNTHETIC_EPISODE_STEPS,
+                reward_scales=reward_scales,
                 seed=seed,
                 terminate_on_success=terminate_on_success,
             )
         if name not in _METAWORLD_TASK_COUNTS:
             raise ValueError(_unknown_name_message(name))
     _check_metaworld_task_count(name, num_tasks)
+    if reward_scales is not None:
+        raise ValueError(
+            f"reward_scales applies to the synthetic suite only, not {name!r}; "
+            f"found {list(reward_scales)}"
+        )
     return make_metaworld_envs(
         name,
         seed=seed,

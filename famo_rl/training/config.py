@@ -38,7 +38,9 @@ class EnvConfig:
     name: str | list[str] = "MT10"
     #: Number of tasks of the synthetic suite (ignored by Meta-World, whose benchmark fixes it).
     num_tasks: PositiveInt | None = None
-    #: Episode length; ``None`` keeps the benchmark's own (500 for Meta-World).
+    #: Per-task reward scales of the synthetic suite; ``None`` spreads them over 1e-2 .. 1e2.
+    reward_scales: list[Annotated[float, Field(gt=0)]] | None = None
+    #: Episode length; ``None`` keeps the benchmark's own (500 for Meta-World, 50 synthetic).
     max_episode_steps: PositiveInt | None = None
     #: Meta-World reward function version.
     reward_function_version: Literal["v1", "v2"] = "v2"
@@ -88,6 +90,9 @@ class TrainConfig:
     run_dir: str | None = None
     #: Show a progress bar.
     progress: bool = True
+    #: torch's CPU threads; ``None`` keeps torch's default. On small, busy machines 1 is often
+    #: fastest (two threads contending with the environments can be many times slower).
+    num_threads: PositiveInt | None = None
 
 
 _ADAPTER = TypeAdapter(TrainConfig)
@@ -152,6 +157,10 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
     key = ".".join(location)
     if error["type"] == "unexpected_keyword_argument":
         return f"unknown config key {key!r}{_suggestion(location)}"
+    if error["type"] == "value_error":
+        # Raised by a section's own checks, whose message already names the field and value.
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        return f"config section {key!r}: {message}"
     found = error.get("input")
     message = error["msg"][0].lower() + error["msg"][1:]
     return f"config key {key!r}: {message}, found {found!r}"
@@ -184,6 +193,11 @@ def _check_consistency(config: TrainConfig) -> None:
         raise ConfigError(
             f"config key 'env.max_episode_steps': Meta-World episodes are at most "
             f"{METAWORLD_MAX_EPISODE_STEPS} steps, found {env.max_episode_steps}"
+        )
+    if env.is_metaworld and env.reward_scales is not None:
+        raise ConfigError(
+            f"config key 'env.reward_scales' applies to the synthetic suite only, not "
+            f"{env.name!r}; found {env.reward_scales}"
         )
     if env.is_metaworld and env.num_tasks is not None:
         raise ConfigError(

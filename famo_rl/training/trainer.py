@@ -29,6 +29,12 @@ from .config import TrainConfig, config_to_dict
 from .episodes import EpisodeTracker
 
 CHECKPOINT_FORMAT = 1
+#: TensorBoard namespaces of the agent's update metrics; the rest go under ``train/``.
+BALANCER_TAGS = {
+    "critic_weights": "balancer/critic",
+    "actor_weights": "balancer/actor",
+    "alpha_weights": "balancer/alpha",
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,6 +53,7 @@ def build_envs(config: TrainConfig, seed: int) -> MultiTaskVectorEnv:
         env.name,
         seed=seed,
         num_tasks=env.num_tasks,
+        reward_scales=env.reward_scales,
         max_episode_steps=env.max_episode_steps,
         reward_function_version=env.reward_function_version,
         vector_strategy=env.vector_strategy,
@@ -96,6 +103,8 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
         _seed_everything(config.seed)
         self.envs = build_envs(config, config.seed)
         self.eval_envs: MultiTaskVectorEnv | None = None
@@ -139,6 +148,7 @@ class Trainer:
             disable=not config.progress,
             unit="step",
             dynamic_ncols=True,
+            mininterval=1.0,
         )
         window_start, window_step = time.perf_counter(), self.step
         metrics: dict[str, torch.Tensor] = {}
@@ -178,7 +188,7 @@ class Trainer:
 
     def _ready_to_update(self) -> bool:
         # After a resume the buffer starts empty: wait until every task has a transition.
-        return self.step > self.config.warmup_steps and min(self.buffer.size_per_task) > 0
+        return self.step > self.config.warmup_steps and self.buffer.size_per_task > 0
 
     def _collect(self, obs: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
         """Step every task once, store the transitions, and return the next observations."""
@@ -237,15 +247,16 @@ class Trainer:
         step = self.step
         self.writer.add_scalar("time/steps_per_second", steps_per_second, step)
         self.writer.add_scalar("time/updates", self.updates, step)
-        host = {key: value.detach().cpu().tolist() for key, value in metrics.items()}
-        for key, value in host.items():
+        for key, tensor in metrics.items():
+            value = tensor.detach().cpu().tolist()  # the one host sync per logging interval
+            tag = BALANCER_TAGS.get(key, f"train/{key}")
             if isinstance(value, list) and len(value) == self.num_tasks:
                 for name, item in zip(self.task_names, value, strict=True):
-                    self.writer.add_scalar(f"{key}/{name}", item, step)
-                if not key.startswith("balancer/"):
-                    self.writer.add_scalar(key, float(np.mean(value)), step)
+                    self.writer.add_scalar(f"{tag}/{name}", item, step)
+                if key not in BALANCER_TAGS:
+                    self.writer.add_scalar(tag, float(np.mean(value)), step)
             elif isinstance(value, float):
-                self.writer.add_scalar(key, value, step)
+                self.writer.add_scalar(tag, value, step)
         success, returns = self.tracker.success_rate(), self.tracker.mean_return()
         if not np.isnan(success).all():
             self.writer.add_scalar("rollout/success_rate", float(np.nanmean(success)), step)
