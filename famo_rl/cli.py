@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set agent.critic_balancer=ls (repeatable)",
     )
     train.add_argument("--run-dir", help="run directory (default: runs/<config>-seed<N>-<time>)")
+    train.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="learner device (default: the config's)"
+    )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.set_defaults(handler=_train)
 
@@ -50,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a run directory written by 'famo-rl train'")
     evaluate.add_argument("--episodes", type=int, help="episodes per task (default: the run's)")
     evaluate.add_argument("--json", dest="json_path", help="also write the results to this file")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for the agent")
     evaluate.set_defaults(handler=_eval)
     return parser
 
@@ -57,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from famo_rl.training.trainer import Trainer
 
+    if args.device:
+        args.overrides = [*args.overrides, f"device={args.device}"]
     if args.resume:
         run_dir = Path(args.resume)
         config_path = run_dir / "config.yaml"
@@ -97,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
     config = load_config(config_path)
     if args.episodes is not None and args.episodes < 1:
         raise ConfigError(f"--episodes must be positive, found {args.episodes}")
-    device = resolve_device(config.device)
+    device = resolve_device(args.device or config.device)
     state = CheckpointManager(run_dir / "checkpoints").load_latest(map_location=device)
     if state is None:
         raise FileNotFoundError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
