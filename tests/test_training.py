@@ -65,7 +65,12 @@ def test_run_directory_holds_config_events_metrics_and_checkpoints(finished_run:
 def test_tensorboard_tags_cover_tasks_losses_weights_and_speed(finished_run: Path) -> None:
     tags = scalars(finished_run)
     tasks = ["reach-0", "reach-1", "reach-2"]
-    expected = ["eval/success_rate", "eval/best_success_rate", "eval/return", "time/steps_per_second"]
+    expected = [
+        "eval/success_rate",
+        "eval/best_success_rate",
+        "eval/return",
+        "time/steps_per_second",
+    ]
     for name in tasks:
         expected += [
             f"eval/success_rate/{name}",
