@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium.vector import AutoresetMode
 from metaworld.types import Task
+
+from famo_rl._atomic import atomic_write
 
 #: Meta-World's environments raise past this many steps per episode.
 MAX_EPISODE_STEPS = 500
@@ -250,19 +251,7 @@ def _write_cache(path: Path, key: dict[str, Any], tasks: list[list[Task]]) -> No
             }
         )
     document = {"key": key, "goals": goals, "sha256": _payload_digest(goals)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(document, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: json.dump(document, stream), binary=False)
 
 
 def _read_cache(path: Path, key: dict[str, Any]) -> list[list[Task]]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from famo_rl._atomic import atomic_write
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -29,18 +29,7 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Write ``state`` for ``step`` atomically (temporary file, flush, fsync, rename)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"step_{step}.pt"
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(state, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        target = atomic_write(self.folder / f"step_{step}.pt", lambda s: torch.save(state, s))
         self._prune()
         return target
 
