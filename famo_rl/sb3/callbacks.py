@@ -72,7 +72,7 @@ def evaluate_per_task(
     if isinstance(n_eval_episodes, bool) or not isinstance(n_eval_episodes, int):
         raise ValueError(f"n_eval_episodes must be a positive integer, found {n_eval_episodes!r}")
     if n_eval_episodes < 1:
-        raise ValueError(f"n_eval_episodes must be a positive integer, found {n_eval_episodes}")
+        raise ValueError(f"n_eval_episodes must be a positive integer, found {n_eval_episodes!r}")
     env_task_names = _env_task_names(env)
     successes: list[list[float]] = [[] for _ in range(env.num_envs)]
     returns: list[list[float]] = [[] for _ in range(env.num_envs)]
@@ -147,8 +147,9 @@ class PerTaskEvalCallback(BaseCallback):
                 f"eval_env must be an SB3 VecEnv (e.g. famo_rl.sb3.make_vec_env(...)), found "
                 f"{type(eval_env).__name__}"
             )
-        if isinstance(eval_freq, bool) or not isinstance(eval_freq, int) or eval_freq < 1:
-            raise ValueError(f"eval_freq must be a positive integer, found {eval_freq!r}")
+        for name, value in (("n_eval_episodes", n_eval_episodes), ("eval_freq", eval_freq)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, found {value!r}")
         self.eval_env = eval_env
         self.n_eval_episodes = n_eval_episodes
         self.eval_freq = eval_freq

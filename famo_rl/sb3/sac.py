@@ -15,7 +15,7 @@ parameters stay bit-identical to ``SAC``'s.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update
@@ -37,8 +38,6 @@ from .vec_env import MultiTaskVecEnv
 
 SelfMultiTaskSAC = TypeVar("SelfMultiTaskSAC", bound="MultiTaskSAC")
 
-#: The losses MultiTaskSAC balances, each with its own balancer.
-ROLES = ("critic", "actor", "ent_coef")
 #: Per-task tags go to TensorBoard, CSV and JSON, not to the console table, which they would swamp.
 _PER_TASK_EXCLUDE = ("stdout", "log")
 _LOSSES = ("critic_loss", "actor_loss", "ent_coef_loss")
@@ -68,7 +67,9 @@ class _TaskBatch:
     def from_observations(cls, observations: Tensor, num_tasks: int) -> _TaskBatch:
         """Read each row's task from the one-hot id ending ``observations`` (no host sync)."""
         task_idx = observations[:, -num_tasks:].argmax(dim=1)
-        mask = F.one_hot(task_idx, num_tasks).to(observations.dtype)
+        # A comparison rather than F.one_hot, which may check its input on the host.
+        tasks = th.arange(num_tasks, device=task_idx.device)
+        mask = (task_idx.unsqueeze(1) == tasks).to(observations.dtype)
         counts = mask.sum(dim=0)
         return cls(task_idx, mask, counts.clamp(min=1.0), counts > 0)
 
@@ -132,7 +133,8 @@ class MultiTaskSAC(SAC):
     optimizer step; balancers that ask for it (FAMO) then get the losses re-measured on the same
     batch without gradients (the actor's with the same policy noise). Tasks absent from a batch
     are masked out. With ``ent_coef="auto"`` every task learns its own coefficient
-    (``log_ent_coef`` has shape ``(num_tasks,)``, SB3's ``(1,)``), all starting at the same value.
+    (``log_ent_coef`` has shape ``(num_tasks,)``, SB3's ``(1,)``), all starting at the same value,
+    unless ``per_task_ent_coef=False``.
 
     :param policy: as for ``SAC`` (``"MlpPolicy"``, ...).
     :param env: one sub-environment per task, observations ending with the one-hot task id.
@@ -151,6 +153,9 @@ class MultiTaskSAC(SAC):
     :param ent_coef_balancer: balancer of the entropy-coefficient losses (``"ls"``: each task's
         coefficient only feels its own loss, so weighting mostly rescales its Adam step).
     :param ent_coef_balancer_options: its options.
+    :param per_task_ent_coef: with ``ent_coef="auto"``, learn one coefficient per task (default)
+        or a single shared one, as SB3 and the FAMO authors' MT10 run do; its per-task losses
+        still go through ``ent_coef_balancer``.
     :param sac_kwargs: every other argument of ``stable_baselines3.SAC``, by keyword
         (``learning_rate``, ``buffer_size``, ``batch_size``, ``ent_coef``, ``replay_buffer_class``,
         ``tensorboard_log``, ``seed``, ``device``, ...). With
@@ -183,16 +188,22 @@ class MultiTaskSAC(SAC):
         actor_balancer_options: Mapping[str, Any] | None = None,
         ent_coef_balancer: str = "ls",
         ent_coef_balancer_options: Mapping[str, Any] | None = None,
+        per_task_ent_coef: bool = True,
         _init_setup_model: bool = True,
         **sac_kwargs: Any,
     ) -> None:
         self.balancer_config = _balancer_config(
             {
-                "critic": _choose(critic_balancer, critic_balancer_options, balancer, balancer_options),
-                "actor": _choose(actor_balancer, actor_balancer_options, balancer, balancer_options),
+                "critic": _choose(
+                    critic_balancer, critic_balancer_options, balancer, balancer_options
+                ),
+                "actor": _choose(
+                    actor_balancer, actor_balancer_options, balancer, balancer_options
+                ),
                 "ent_coef": (ent_coef_balancer, ent_coef_balancer_options),
             }
         )
+        self.per_task_ent_coef = bool(per_task_ent_coef)
         self.num_tasks = num_tasks
         self.task_names = None if task_names is None else [str(name) for name in task_names]
         super().__init__(policy, env, _init_setup_model=False, **sac_kwargs)
@@ -206,7 +217,7 @@ class MultiTaskSAC(SAC):
         self._resolve_tasks(self.env)
         self._configure_replay_buffer()
         super()._setup_model()
-        if self.log_ent_coef is not None:
+        if self.log_ent_coef is not None and self.per_task_ent_coef:
             # SB3 learns one coefficient, shape (1,); each task gets its own, from the same start.
             self.log_ent_coef = self.log_ent_coef.detach().repeat(self.num_tasks)
             self.log_ent_coef.requires_grad_(True)
@@ -214,8 +225,8 @@ class MultiTaskSAC(SAC):
         learned = self.log_ent_coef is not None
         self.balancers = nn.ModuleDict(
             {
-                role: make_balancer(name, self.num_tasks, **options)
-                for role, (name, options) in self.balancer_config.items()
+                role: make_balancer(spec["name"], self.num_tasks, **spec["options"])
+                for role, spec in self.balancer_config.items()
                 if role != "ent_coef" or learned
             }
         ).to(self.device)
@@ -236,7 +247,8 @@ class MultiTaskSAC(SAC):
             raise ValueError(f"num_tasks must be a positive integer, found {self.num_tasks!r}")
         if self.num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive integer, found {self.num_tasks!r}")
-        for source, found in (("task_names", names), ("the environment's task_names", env_names)):
+        sources = (("task_names", self.task_names), ("the environment's task_names", env_names))
+        for source, found in sources:
             if found is not None and len(found) != self.num_tasks:
                 raise ValueError(
                     f"num_tasks is {self.num_tasks} but {source} has {len(found)} tasks: {found}"
@@ -260,7 +272,9 @@ class MultiTaskSAC(SAC):
     def _configure_replay_buffer(self) -> None:
         """Give a stratified buffer its task count, and check the batch size against it."""
         buffer_class = self.replay_buffer_class
-        if not (isinstance(buffer_class, type) and issubclass(buffer_class, TaskStratifiedReplayBuffer)):
+        if not (
+            isinstance(buffer_class, type) and issubclass(buffer_class, TaskStratifiedReplayBuffer)
+        ):
             return
         given = self.replay_buffer_kwargs.setdefault("num_tasks", self.num_tasks)
         if given != self.num_tasks:
@@ -304,6 +318,29 @@ class MultiTaskSAC(SAC):
         with the model and restored by ``load``."""
         state_dicts, variables = super()._get_torch_save_params()
         return [*state_dicts, "balancers"], variables
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        """SB3's, then a one-time check on the host that observations end with the task id
+        (``train()`` reads it on the device, where a wrong layout would pass unnoticed)."""
+        result = super()._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        raw = self._last_original_obs if self._vec_normalize_env is not None else self._last_obs
+        if self.num_tasks > 1 and raw is not None:
+            one_hot = np.asarray(raw)[:, -self.num_tasks :]
+            if not (np.isin(one_hot, (0.0, 1.0)).all() and (one_hot.sum(axis=1) == 1).all()):
+                raise ValueError(
+                    f"observations must end with a one-hot task id of width {self.num_tasks}, "
+                    f"found {one_hot[:4].tolist()} at the end of the first ones"
+                )
+        return result
 
     def learn(
         self: SelfMultiTaskSAC,
@@ -367,14 +404,16 @@ class MultiTaskSAC(SAC):
         if stats.steps:
             self._record_train_metrics(stats)
 
-    def _update_ent_coef(self, log_prob: Tensor, tasks: _TaskBatch) -> tuple[Tensor, dict]:
-        """Step each task's entropy coefficient; return the coefficients from before the step,
-        shape ``(num_tasks,)``, which the critic and actor losses use (as in SB3)."""
+    def _update_ent_coef(
+        self, log_prob: Tensor, tasks: _TaskBatch
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Step the entropy coefficients; return each task's from before the step, shape
+        ``(num_tasks,)``, which the critic and actor losses use (as in SB3)."""
         if self.ent_coef_optimizer is None or self.log_ent_coef is None:
             ent_coef = self.ent_coef_tensor.expand(self.num_tasks)
             return ent_coef, {"ent_coef": ent_coef}
         # Detached: the critic and actor losses must not move the coefficients.
-        ent_coef = th.exp(self.log_ent_coef.detach())
+        ent_coef = th.exp(self.log_ent_coef.detach()).expand(self.num_tasks)
         entropy_gap = (log_prob + self.target_entropy).detach()
 
         def task_losses() -> Tensor:
@@ -401,9 +440,7 @@ class MultiTaskSAC(SAC):
     ) -> dict[str, Tensor]:
         """Step the critics on their per-task TD losses."""
         with th.no_grad():
-            next_actions, next_log_prob = self.actor.action_log_prob(
-                replay_data.next_observations
-            )
+            next_actions, next_log_prob = self.actor.action_log_prob(replay_data.next_observations)
             next_q_values = th.cat(
                 self.critic_target(replay_data.next_observations, next_actions), dim=1
             )
@@ -457,7 +494,9 @@ class MultiTaskSAC(SAC):
         return {"actor_loss": actor_loss.detach(), "weights/actor": balancer.weights}
 
     @staticmethod
-    def _update_balancer(balancer: Balancer, task_losses: Any, tasks: _TaskBatch) -> None:
+    def _update_balancer(
+        balancer: Balancer, task_losses: Callable[[], Tensor], tasks: _TaskBatch
+    ) -> None:
         """Give a balancer that asks for it the losses re-measured after the optimizer step."""
         if balancer.requires_losses_after:
             with th.no_grad():
@@ -536,9 +575,13 @@ def _choose(
 
 def _balancer_config(
     choices: dict[str, tuple[str, Mapping[str, Any] | None]],
-) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Check each role's balancer name and option names now, before any environment is built."""
-    config: dict[str, tuple[str, dict[str, Any]]] = {}
+) -> dict[str, dict[str, Any]]:
+    """Check each role's balancer name and option names now, before any environment is built.
+
+    :return: ``{role: {"name": ..., "options": {...}}}``, plain dicts so that SB3's JSON save
+        format gives them back unchanged.
+    """
+    config: dict[str, dict[str, Any]] = {}
     for role, (name, options) in choices.items():
         parameter = "balancer" if role != "ent_coef" else "ent_coef_balancer"
         if not isinstance(name, str):
@@ -558,5 +601,5 @@ def _balancer_config(
                 f"{role} balancer {name!r} has no option {unknown[0]!r}; its options are: "
                 f"{', '.join(valid) if valid else '(none)'}"
             )
-        config[role] = (name, dict(options))
+        config[role] = {"name": name, "options": dict(options)}
     return config
