@@ -22,13 +22,13 @@ a shuffled order, so that load on the machine hits every variant alike; each var
 divided by ``ls``'s time in the same round and the medians of those ratios are reported with their
 extremes. Variants whose warm-up update took longer than ``--slow-seconds`` (Nash-MTL, CAGrad and
 the other gradient methods at K = 50) get ``--slow-repeats`` rounds instead of ``--repeats``.
-Peak memory is measured on one separate update per variant (discarded from the timings): on CUDA,
+Peak memory is measured on one more update per variant, after the timed rounds: on CUDA,
 ``max_memory_allocated`` above the level before the update; on the CPU, where torch keeps no such
 counter, the high-water mark of the bytes that torch tensors allocated *during* the update hold at
 once, from the profiler's memory events (tensors that existed before the update, such as last
 step's gradients, are not subtracted when freed; numpy, cvxpy and Python objects are not counted).
 
-Run: ``python -m benchmarks.balancers`` (about 45 minutes on 2 CPU cores, most of it the
+Run: ``python -m benchmarks.balancers`` (about an hour on 2 CPU cores, most of it the
 gradient methods at K = 50); ``--device cuda`` on a GPU; ``--quick`` for a smoke test.
 """
 
@@ -75,6 +75,7 @@ class Variant:
     famo_reevaluation_every: int = 1
 
     def config(self, hidden_sizes: tuple[int, ...]) -> SACConfig:
+        """The agent of this row; everything but the balancers keeps its default."""
         return SACConfig(
             hidden_sizes=hidden_sizes,
             critic_balancer=self.critic_balancer,
@@ -115,6 +116,7 @@ class Setting:
     total: int | None = None
 
     def rows(self, num_tasks: int) -> int:
+        """Rows of the batch for ``num_tasks`` tasks."""
         return self.per_task * num_tasks if self.per_task is not None else int(self.total or 0)
 
 
@@ -166,14 +168,21 @@ def peak_memory_bytes(agent: MultiTaskSAC, batch: Batch, device: torch.device) -
         trace_path = Path(scratch) / "trace.json"
         profiler.export_chrome_trace(str(trace_path))
         events = json.loads(trace_path.read_text())["traceEvents"]
-    # "Total Allocated" counts from zero at the start of profiling and ignores frees of older
-    # blocks: its maximum is the most that the update's own tensors held at once.
-    totals = [
-        event["args"]["Total Allocated"]
-        for event in events
-        if event.get("name") == "[memory]" and event["args"].get("Device Type") == 0
-    ]
-    return int(max([0, *totals]))
+    # Each event carries the allocator's running total ("Total Allocated") after it; the total
+    # before the first event is the baseline. Frees of tensors older than the profile are not
+    # recorded, so the running total's maximum above the baseline is the most that the update's
+    # own tensors held at once.
+    memory = sorted(
+        (event for event in events if _is_cpu_memory_event(event)), key=lambda e: e["ts"]
+    )
+    if not memory:
+        return 0
+    baseline = memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"]
+    return int(max(0, *(event["args"]["Total Allocated"] - baseline for event in memory)))
+
+
+def _is_cpu_memory_event(event: dict[str, Any]) -> bool:
+    return event.get("name") == "[memory]" and event["args"].get("Device Type") == 0
 
 
 def measure(
@@ -195,10 +204,6 @@ def measure(
         )
         first_seconds[variant.label] = max(timer(agent, batch) for _ in range(args.warmup))
         agents[variant.label] = agent
-    memory = {}
-    if not args.no_memory:
-        memory = {label: peak_memory_bytes(a, batch, device) for label, a in agents.items()}
-
     caps = {
         label: args.slow_repeats if seconds > args.slow_seconds else args.repeats
         for label, seconds in first_seconds.items()
@@ -214,6 +219,10 @@ def measure(
         for label, seconds in this_round.items():
             times[label].append(seconds)
             ratios[label].append(seconds / this_round["ls"])
+    # Memory last, on agents past their first-step allocations, and outside the timed rounds.
+    memory = {}
+    if not args.no_memory:
+        memory = {label: peak_memory_bytes(a, batch, device) for label, a in agents.items()}
     return [
         _record(variant, setting, num_tasks, batch, times, ratios, memory) for variant in variants
     ]
@@ -339,7 +348,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--total", type=int, default=1280, help="total rows (second setting)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400, 400])
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="discarded updates per variant")
     parser.add_argument("--slow-seconds", type=float, default=5.0)
     parser.add_argument("--slow-repeats", type=int, default=3)

@@ -234,6 +234,7 @@ class StableBaselines:
 
 
 def build(name: str, setting: Setting, run: Run) -> Contender:
+    """The loop called ``name`` (see :data:`CONTENDERS`), ready for its first ``advance``."""
     if name in OURS:
         return Ours(name, setting, run)
     return StableBaselines(name, name == "sb3+famo", setting, run)
@@ -244,6 +245,7 @@ def build(name: str, setting: Setting, run: Run) -> Contender:
 
 
 def timed(function: Callable[[], object]) -> float:
+    """Wall seconds of one call."""
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
@@ -437,6 +439,7 @@ def top_functions(contender: Contender, steps: int, count: int = 12) -> list[dic
 
 
 def throughput_table(results: dict[str, Any], num_tasks: int) -> str:
+    """Steps per second of every loop at every setting, with the ratio to SB3."""
     rows = []
     for setting_name, contenders in results.items():
         for name, entry in contenders.items():
@@ -462,6 +465,7 @@ def throughput_table(results: dict[str, Any], num_tasks: int) -> str:
 
 
 def startup_table(results: dict[str, Any]) -> str:
+    """Cold, cached and Meta-World start-up seconds per benchmark."""
     rows = [
         [
             name,
@@ -492,38 +496,66 @@ def profile_table(profiles: dict[str, dict[str, Any]]) -> str:
 
 
 def top_functions_table(rows: list[dict[str, Any]]) -> str:
+    """The ``cProfile`` ranking of :func:`top_functions`."""
     body = [[f"`{row['function']}`", f"{row['own_ms_per_step']:.2f}"] for row in rows]
     return markdown_table(["function (file:line)", "own ms per step, under cProfile"], body)
 
 
+#: Stacked segments of the profile plot: name -> categories of the breakdown it sums (nested
+#: categories are taken out of "update" below, so that every millisecond is drawn once).
+PLOT_SEGMENTS = {
+    "env step": ("env step",),
+    "policy (act)": ("policy (act)",),
+    "replay buffer": ("buffer add", "buffer sample", "update: buffer sample"),
+    "update": ("update",),
+    "FAMO re-measurement": ("update: FAMO re-measurement",),
+    "other": (
+        "VecEnv adapter + VecMonitor",
+        "episode stats",
+        "logging",
+        "other (loop bookkeeping)",
+    ),
+}
+_NESTED_IN_UPDATE = ("update: buffer sample", "update: FAMO re-measurement")
+
+
+def plot_segments(breakdown: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Milliseconds per step of each :data:`PLOT_SEGMENTS` entry; they add up to the total."""
+    ms = {category: entry["ms_per_step"] for category, entry in breakdown.items()}
+    ms["update"] = ms.get("update", 0.0) - sum(ms.get(c, 0.0) for c in _NESTED_IN_UPDATE)
+    return {
+        segment: sum(ms.get(category, 0.0) for category in categories)
+        for segment, categories in PLOT_SEGMENTS.items()
+    }
+
+
 def plot_profiles(profiles: dict[str, dict[str, Any]], path: Path) -> None:
-    """Stacked bars: milliseconds per step by category, one bar per profiled loop."""
+    """Stacked bars of milliseconds per step, one panel per setting, one bar per loop.
+
+    Profile names read ``"<loop>, <setting>"``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(profiles)
-    categories = list(
-        dict.fromkeys(
-            c
-            for entry in profiles.values()
-            for c in entry["breakdown"]
-            if c != "total" and not c.startswith("update:")
-        )
-    )
-    figure, axis = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
-    left = [0.0] * len(names)
-    for category in categories:
-        widths = [
-            profiles[name]["breakdown"].get(category, {"ms_per_step": 0.0})["ms_per_step"]
-            for name in names
-        ]
-        axis.barh(names, widths, left=left, label=category)
-        left = [a + b for a, b in zip(left, widths, strict=True)]
-    axis.set_xlabel("milliseconds per vector step")
-    axis.invert_yaxis()
-    axis.legend(fontsize=7, loc="lower right")
+    panels: dict[str, dict[str, dict[str, float]]] = {}
+    for name, entry in profiles.items():
+        loop, setting = name.split(", ", 1)
+        panels.setdefault(setting, {})[loop] = plot_segments(entry["breakdown"])
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 1.6 * len(panels) + 1.0))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    colors = plt.get_cmap("tab10").colors
+    for axis, (setting, loops) in zip(axes, panels.items(), strict=True):
+        left = [0.0] * len(loops)
+        for index, segment in enumerate(PLOT_SEGMENTS):
+            widths = [segments[segment] for segments in loops.values()]
+            axis.barh(list(loops), widths, left=left, label=segment, color=colors[index])
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        axis.set_title(setting, fontsize=9)
+        axis.set_xlabel("milliseconds per vector step")
+        axis.invert_yaxis()
+    axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -554,6 +586,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def settings_for(args: argparse.Namespace) -> list[Setting]:
+    """The paper's setting and a small one; tiny networks with ``--quick``."""
     if args.quick:
         return [Setting("tiny (2x32, batch 16)", (32, 32), 8, 4)]
     return [
