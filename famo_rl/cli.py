@@ -67,7 +67,10 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         config_path = run_dir / "config.yaml"
         if args.config:
-            raise ConfigError("give either a config or --resume RUN_DIR, not both")
+            raise ConfigError(
+                f"give either a config or --resume RUN_DIR, not both; found config "
+                f"{args.config!r} and --resume {args.resume!r}"
+            )
         if not config_path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
         config = load_config(config_path, args.overrides)
@@ -78,6 +81,8 @@ def _train(args: argparse.Namespace) -> int:
             )
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or config.run_dir or _default_run_dir(args.config, config))
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run directory {str(run_dir)!r} exists and is not a directory")
         if (run_dir / "checkpoints").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
 
@@ -96,13 +101,13 @@ def _eval(args: argparse.Namespace) -> int:
     from famo_rl.training.checkpoints import CheckpointManager
     from famo_rl.training.trainer import build_agent, build_envs, resolve_device
 
+    if args.episodes is not None and args.episodes < 1:
+        raise ConfigError(f"--episodes must be positive, found {args.episodes}")
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(config_path)
-    if args.episodes is not None and args.episodes < 1:
-        raise ConfigError(f"--episodes must be positive, found {args.episodes}")
     device = resolve_device(args.device or config.device)
     state = CheckpointManager(run_dir / "checkpoints").load_latest(map_location=device)
     if state is None:

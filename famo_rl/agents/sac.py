@@ -105,6 +105,8 @@ class SACConfig:
         for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, found {getattr(self, name)!r}")
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, found {getattr(self, name)!r}")
         if not 0.0 <= self.discount <= 1.0:
             raise ValueError(f"discount must lie in [0, 1], found {self.discount!r}")
         if not 0.0 < self.tau <= 1.0:

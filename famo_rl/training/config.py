@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,11 +20,22 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from famo_rl.agents.sac import SACConfig
+from famo_rl.balancers import make_balancer
+from famo_rl.envs.factory import DEFAULT_SYNTHETIC_TASKS
+from famo_rl.envs.metaworld import METAWORLD_TASK_NAMES, did_you_mean
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 #: Meta-World's own limit on an episode's length.
 METAWORLD_MAX_EPISODE_STEPS = 500
+#: Tasks of each named Meta-World benchmark.
+METAWORLD_BENCHMARKS = {"MT10": 10, "MT50": 50}
+#: The default of ``batch_size_per_task`` (the paper's 128).
+DEFAULT_BATCH_SIZE_PER_TASK = 128
+# numpy's legacy seeding, which the trainer uses, takes seeds below 2**32.
+_SEED_LIMIT = 2**32
+_SYNTHETIC = re.compile(r"synthetic(?:-(\d+))?")
+_ENV_NAMES = ["synthetic", "synthetic-<K>", *METAWORLD_BENCHMARKS]
 
 
 class ConfigError(ValueError):
@@ -39,7 +53,7 @@ class EnvConfig:
     #: Number of tasks of the synthetic suite (ignored by Meta-World, whose benchmark fixes it).
     num_tasks: PositiveInt | None = None
     #: Per-task reward scales of the synthetic suite; ``None`` spreads them over 1e-2 .. 1e2.
-    reward_scales: list[Annotated[float, Field(gt=0)]] | None = None
+    reward_scales: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
     #: Episode length; ``None`` keeps the benchmark's own (500 for Meta-World, 50 synthetic).
     max_episode_steps: PositiveInt | None = None
     #: Meta-World reward function version.
@@ -53,6 +67,32 @@ class EnvConfig:
     def is_metaworld(self) -> bool:
         return not (isinstance(self.name, str) and self.name.startswith("synthetic"))
 
+    def count_tasks(self) -> int:
+        """The number of tasks of this environment, from the config alone (nothing is built).
+
+        :raises ConfigError: for an unknown environment or task name.
+        """
+        if not isinstance(self.name, str):
+            _check_task_names(self.name)
+            return len(self.name)
+        match = _SYNTHETIC.fullmatch(self.name)
+        if match and match.group(1) is not None:
+            return int(match.group(1))
+        if match:
+            return DEFAULT_SYNTHETIC_TASKS if self.num_tasks is None else self.num_tasks
+        if self.name in METAWORLD_BENCHMARKS:
+            return METAWORLD_BENCHMARKS[self.name]
+        if self.name in METAWORLD_TASK_NAMES:
+            raise ConfigError(
+                f"config key 'env.name': {self.name!r} is a single Meta-World task; give a list, "
+                f"[{self.name!r}]"
+            )
+        hint = did_you_mean(self.name, [*_ENV_NAMES, *METAWORLD_TASK_NAMES])
+        raise ConfigError(
+            f"config key 'env.name': unknown environment {self.name!r}, expected one of "
+            f"{', '.join(_ENV_NAMES)} or a list of Meta-World task names{hint}"
+        )
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -63,7 +103,7 @@ class TrainConfig:
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     agent: SACConfig = dataclasses.field(default_factory=SACConfig)
     #: Seeds the environments, the networks, the replay sampling and the warm-up actions.
-    seed: NonNegativeInt = 0
+    seed: Annotated[int, Field(ge=0, lt=_SEED_LIMIT)] = 0
     #: Learner device; ``auto`` takes CUDA when available.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Length of the run in vector-environment steps (the paper: 2M on MT10).
@@ -73,7 +113,11 @@ class TrainConfig:
     #: Gradient updates per vector-environment step.
     updates_per_step: PositiveInt = 1
     #: Replay samples per task in each batch (the paper: 128, a batch of 1280 on MT10).
-    batch_size_per_task: PositiveInt = 128
+    batch_size_per_task: PositiveInt = DEFAULT_BATCH_SIZE_PER_TASK
+    #: Replay samples in each batch over all tasks, split evenly between them (the paper: 1280 on
+    #: MT10), instead of ``batch_size_per_task``, which must then keep its default. It must be a
+    #: multiple of the number of tasks. ``None`` uses ``batch_size_per_task``.
+    batch_size: PositiveInt | None = None
     #: Replay capacity in transitions over all tasks (the paper: 1M).
     buffer_capacity: PositiveInt = 1_000_000
     #: Evaluate every this many steps (the paper: 10k).
@@ -94,6 +138,30 @@ class TrainConfig:
     #: fastest (two threads contending with the environments can be many times slower).
     num_threads: PositiveInt | None = None
 
+    def rows_per_task(self, num_tasks: int | None = None) -> int:
+        """Replay samples of each task in a batch: ``batch_size // num_tasks`` or the per-task size.
+
+        :param num_tasks: tasks of the environment; ``None`` counts them from ``env``.
+        :raises ConfigError: if ``batch_size`` is below the number of tasks or not a multiple of
+            it, or if ``batch_size_per_task`` was changed as well.
+        """
+        if self.batch_size is None:
+            return self.batch_size_per_task
+        if num_tasks is None:
+            num_tasks = self.env.count_tasks()
+        if self.batch_size_per_task != DEFAULT_BATCH_SIZE_PER_TASK:
+            raise ConfigError(
+                f"config keys 'batch_size' and 'batch_size_per_task' exclude each other; give one, "
+                f"found batch_size={self.batch_size} and "
+                f"batch_size_per_task={self.batch_size_per_task}"
+            )
+        if self.batch_size < num_tasks or self.batch_size % num_tasks:
+            raise ConfigError(
+                f"config key 'batch_size' must be a positive multiple of the number of tasks "
+                f"({num_tasks} on {self.env.name!r}), found {self.batch_size}"
+            )
+        return self.batch_size // num_tasks
+
 
 _ADAPTER = TypeAdapter(TrainConfig)
 
@@ -109,7 +177,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     except OSError as error:
         raise ConfigError(f"cannot read config {str(path)!r}: {error.strerror}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"config {str(path)!r} is not valid YAML: {_one_line(error)}") from error
+        problem = _yaml_problem(error)
+        raise ConfigError(f"config {str(path)!r} is not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"config {str(path)!r} must be a mapping of keys to values, found {type(data).__name__}"
@@ -124,7 +193,10 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     try:
         config = _ADAPTER.validate_python(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error.errors()[0], data)) from None
+        # A value that fits no member of a union fails once per member; the deepest failure is
+        # the most precise (the bad element of a list rather than "not a string").
+        deepest = max(error.errors(), key=lambda details: len(details["loc"]))
+        raise ConfigError(_describe(deepest)) from None
     _check_consistency(config)
     return config
 
@@ -136,59 +208,124 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
-    if not sep or not key:
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
         raise ConfigError(f"override {override!r} must look like key=value, e.g. seed=3")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
     node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
+    schema: Any = TrainConfig
+    for depth, part in enumerate(parts[:-1]):
+        schema = _field_type(schema, part)
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is not a section of the config")
+        if not isinstance(child, dict) or not _is_section(schema):
+            section = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override {override!r}: {section!r} is not a section of the config")
         node = child
     node[parts[-1]] = value
 
 
-def _describe(error: Any, data: dict[str, Any]) -> str:
-    location = [str(part) for part in error["loc"]]
+def _field_type(schema: Any, name: str) -> Any:
+    """The type of field ``name`` of the dataclass ``schema``; ``None`` where it is not known."""
+    if not dataclasses.is_dataclass(schema):
+        return None
+    return _type_hints(schema).get(name)
+
+
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+def _is_section(schema: Any) -> bool:
+    # Unknown keys pass here and are reported, with a suggestion, by validation.
+    return schema is None or dataclasses.is_dataclass(schema) or typing.get_origin(schema) is dict
+
+
+def _describe(error: Any) -> str:
+    location = _key_path(error["loc"])
     key = ".".join(location)
     if error["type"] == "unexpected_keyword_argument":
         return f"unknown config key {key!r}{_suggestion(location)}"
     if error["type"] == "value_error":
-        # Raised by a section's own checks, whose message already names the field and value.
+        # Raised by a section's own checks, whose message starts with the field's name.
         message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        field = re.match(r"\w+", message)
+        if field and _field_type(_section_type(location), field.group()) is not None:
+            return f"config key {key}.{message}"
         return f"config section {key!r}: {message}"
     found = error.get("input")
     message = error["msg"][0].lower() + error["msg"][1:]
     return f"config key {key!r}: {message}, found {found!r}"
 
 
+def _key_path(loc: Sequence[int | str]) -> list[str]:
+    """A validation error's location as config keys: field names and list positions.
+
+    Pydantic also names the member of a union it tried (``env.name.str``); those are dropped.
+    """
+    path: list[str] = []
+    schema: Any = TrainConfig
+    for part in loc:
+        if dataclasses.is_dataclass(schema):
+            path.append(str(part))
+            schema = _field_type(schema, str(part))
+        elif isinstance(part, int):
+            path.append(str(part))
+    return path
+
+
+def _section_type(location: list[str]) -> Any:
+    schema: Any = TrainConfig
+    for part in location:
+        schema = _field_type(schema, part)
+    return schema
+
+
 def _suggestion(location: list[str]) -> str:
-    section: Any = TrainConfig
-    for part in location[:-1]:
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        if part not in fields:
-            return ""
-        section = _dataclass_type(fields[part])
-    if section is None:
+    section = _section_type(location[:-1])
+    if not dataclasses.is_dataclass(section):
         return ""
-    names = [f.name for f in dataclasses.fields(section)]
+    names = [field.name for field in dataclasses.fields(section)]
     close = difflib.get_close_matches(location[-1], names, n=1)
     return f" (did you mean {'.'.join([*location[:-1], close[0]])!r}?)" if close else ""
 
 
-def _dataclass_type(field: dataclasses.Field) -> type | None:
-    factory = field.default_factory
-    if factory is dataclasses.MISSING:
-        return None
-    return factory if dataclasses.is_dataclass(factory) else None  # type: ignore[return-value]
-
-
 def _check_consistency(config: TrainConfig) -> None:
-    env = config.env
+    num_tasks = _check_env(config.env)
+    if config.env.is_metaworld and config.seed > _SEED_LIMIT - 1 - num_tasks:
+        # Meta-World seeds task i's goals with seed + i, which must stay below 2**32.
+        raise ConfigError(
+            f"config key 'seed' must be at most 2**32 - 1 - {num_tasks} for {num_tasks} "
+            f"Meta-World tasks, found {config.seed}"
+        )
+    config.rows_per_task(num_tasks)
+    if config.buffer_capacity < num_tasks:
+        raise ConfigError(
+            f"config key 'buffer_capacity' must hold at least one transition of each of the "
+            f"{num_tasks} tasks, found {config.buffer_capacity}"
+        )
+    _check_balancers(config.agent, num_tasks)
+
+
+def _check_env(env: EnvConfig) -> int:
+    """Check the environment's names and options; return its number of tasks."""
+    num_tasks = env.count_tasks()
+    if num_tasks < 1:
+        raise ConfigError(f"config key 'env.name' must give at least one task, found {env.name!r}")
+    if not env.is_metaworld and env.num_tasks not in (None, num_tasks):
+        raise ConfigError(
+            f"config key 'env.num_tasks' contradicts 'env.name' {env.name!r} ({num_tasks} tasks), "
+            f"found {env.num_tasks}"
+        )
+    scales = env.reward_scales
+    if not env.is_metaworld and scales is not None and len(scales) != num_tasks:
+        raise ConfigError(
+            f"config key 'env.reward_scales' needs one scale per task ({num_tasks}), found "
+            f"{len(scales)}: {scales}"
+        )
     if env.is_metaworld and (env.max_episode_steps or 0) > METAWORLD_MAX_EPISODE_STEPS:
         raise ConfigError(
             f"config key 'env.max_episode_steps': Meta-World episodes are at most "
@@ -204,7 +341,40 @@ def _check_consistency(config: TrainConfig) -> None:
             f"config key 'env.num_tasks' applies to the synthetic suite only; {env.name!r} fixes "
             f"its own tasks, found {env.num_tasks}"
         )
+    return num_tasks
 
 
-def _one_line(error: Exception) -> str:
+def _check_task_names(task_names: list[str]) -> None:
+    unknown = [name for name in task_names if name not in METAWORLD_TASK_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"config key 'env.name': unknown Meta-World task {unknown[0]!r}"
+            f"{did_you_mean(unknown[0], METAWORLD_TASK_NAMES)}"
+        )
+    repeated = sorted({name for name in task_names if task_names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"config key 'env.name': tasks must be distinct, found {repeated} twice")
+
+
+def _check_balancers(agent: SACConfig, num_tasks: int) -> None:
+    """Build each balancer once, so that a bad option value is reported before the run starts."""
+    for role in ("critic", "actor", "alpha"):
+        options = getattr(agent, f"{role}_balancer_options")
+        try:
+            make_balancer(getattr(agent, f"{role}_balancer"), num_tasks, **options)
+        except (ValueError, TypeError, ImportError) as error:
+            raise ConfigError(
+                f"config key agent.{role}_balancer_options = {options}: {_one_line(error)}"
+            ) from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return _one_line(error)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
