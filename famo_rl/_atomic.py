@@ -8,6 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+#: Suffix of the temporary files that :func:`atomic_write` renames into place.
+TEMPORARY_SUFFIX = ".tmp"
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: bool = True) -> Path:
     """Write ``path`` through ``write(stream)`` into a temporary file, fsync it, then rename.
@@ -18,7 +21,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: boo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
     )
     try:
         with os.fdopen(descriptor, "wb" if binary else "w") as stream:
@@ -29,4 +32,19 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: boo
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
     return path
+
+
+def _sync_directory(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,10 @@ from pathlib import Path
 from famo_rl.training.config import ConfigError, TrainConfig, load_config
 
 EXIT_USAGE = 2
+#: A run that could not go on (a crashed environment, non-finite training).
+EXIT_STOPPED = 1
+#: A run stopped by a signal exits with 128 + the signal's number, as shells report it.
+EXIT_SIGNAL_BASE = 128
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from famo_rl.training.trainer import Trainer
+    from famo_rl.training.trainer import RunStopped, Trainer
 
     if args.device:
         args.overrides = [*args.overrides, f"device={args.device}"]
@@ -89,8 +94,19 @@ def _train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, run_dir, resume=bool(args.resume))
     try:
         result = trainer.train()
+    except RunStopped as stopped:
+        print(f"famo-rl train: stopped: {stopped}", file=sys.stderr)
+        return EXIT_STOPPED
     finally:
         trainer.close()
+    if result.stopped_by is not None:
+        print(
+            f"famo-rl train: {result.stopped_by} received: stopped at step {result.steps}, "
+            f"checkpoint saved to {result.checkpoint}; continue with famo-rl train --resume "
+            f"{result.run_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_SIGNAL_BASE + int(signal.Signals[result.stopped_by])
     best = result.best_success_rate
     print(f"finished {result.steps} steps in {result.run_dir}; best eval success rate {best:.3f}")
     return 0

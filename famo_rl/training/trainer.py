@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import numpy as np
@@ -24,11 +28,15 @@ from famo_rl.agents import MultiTaskReplayBuffer, MultiTaskSAC
 from famo_rl.envs import MultiTaskVectorEnv, make_envs, split_observation, step_success
 from famo_rl.evaluation import EvalResult, evaluate
 
-from .checkpoints import CheckpointManager
+from .checkpoints import UNREADABLE, CheckpointManager, describe_unreadable
 from .config import TrainConfig, config_to_dict
 from .episodes import EpisodeTracker
 
 CHECKPOINT_FORMAT = 1
+#: The replay buffer's file in the checkpoint folder, when ``checkpoint_buffer`` is set.
+BUFFER_FILE = "buffer.pt"
+#: Signals that stop a run after its current step, with a checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: TensorBoard namespaces of the agent's update metrics; the rest go under ``train/``.
 BALANCER_TAGS = {
     "critic_weights": "balancer/critic",
@@ -80,15 +88,28 @@ def build_agent(
     )
 
 
+class EnvironmentCrashed(RuntimeError):  # TEMPORARY until famo_rl.envs provides it
+    pass
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on (a crashed environment, non-finite training); the message says why
+    and which checkpoint to resume from."""
+
+
 @dataclass
 class TrainResult:
-    """What a finished run reports."""
+    """What a finished or interrupted run reports."""
 
     run_dir: Path
     steps: int
     updates: int
     last_eval: EvalResult | None
     best_success_rate: float
+    #: The signal (``"SIGINT"``, ``"SIGTERM"``) that stopped the run early, if any.
+    stopped_by: str | None = None
+    #: The checkpoint written last, if any.
+    checkpoint: Path | None = None
 
 
 class Trainer:
@@ -110,6 +131,7 @@ class Trainer:
         self.eval_envs: MultiTaskVectorEnv | None = None
         self.task_names = list(self.envs.task_names)
         self.num_tasks = self.envs.num_envs
+        self.rows_per_task = config.rows_per_task(self.num_tasks)
         self.agent = build_agent(config, self.envs, self.device)
         obs_dim = self.envs.single_observation_space.shape[0] - self.num_tasks
         self.buffer = MultiTaskReplayBuffer(
@@ -127,6 +149,11 @@ class Trainer:
         self.updates = 0
         self.best_success_rate = float("nan")
         self.last_eval: EvalResult | None = None
+        self.last_checkpoint: Path | None = None
+        # The longest run of consecutive skipped updates since the last look, kept on the device
+        # so that the host reads it only every ``_skip_check_interval`` updates.
+        self._longest_skip_run = torch.zeros((), dtype=torch.long, device=self.device)
+        self._skip_check_interval = 1 if self.device.type == "cpu" else 50
         if resume:
             self._restore()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,31 +179,50 @@ class Trainer:
         )
         window_start, window_step = time.perf_counter(), self.step
         metrics: dict[str, torch.Tensor] = {}
-        try:
-            while self.step < config.total_steps:
-                obs = self._collect(obs)
-                self.step += 1
-                if self._ready_to_update():
-                    for _ in range(config.updates_per_step):
-                        metrics = self.agent.update(self.buffer.sample(config.batch_size_per_task))
-                        self.updates += 1
-                progress.update(1)
-                if self.step % config.log_every == 0:
-                    now = time.perf_counter()
-                    steps_per_second = (self.step - window_step) / max(now - window_start, 1e-9)
-                    window_start, window_step = now, self.step
-                    self._log_training(metrics, steps_per_second)
-                    progress.set_postfix(self._postfix(steps_per_second), refresh=False)
-                if self.step % config.eval_every == 0 or self.step == config.total_steps:
-                    self._evaluate()
-                    progress.set_postfix(self._postfix(None), refresh=False)
-                if self.step % config.checkpoint_every == 0 or self.step == config.total_steps:
+        with _StopOnSignals() as stop:
+            try:
+                while self.step < config.total_steps and stop.received is None:
+                    obs = self._collect(obs)
+                    self.step += 1
+                    if self._ready_to_update():
+                        for _ in range(config.updates_per_step):
+                            batch = self.buffer.sample(self.rows_per_task)
+                            metrics = self.agent.update(batch)
+                            self.updates += 1
+                            self._check_skipped_updates()
+                    progress.update(1)
+                    if self.step % config.log_every == 0:
+                        now = time.perf_counter()
+                        steps_per_second = (self.step - window_step) / max(now - window_start, 1e-9)
+                        window_start, window_step = now, self.step
+                        self._log_training(metrics, steps_per_second)
+                        progress.set_postfix(self._postfix(steps_per_second), refresh=False)
+                    if stop.received is not None:
+                        break
+                    if self.step % config.eval_every == 0 or self.step == config.total_steps:
+                        self._evaluate()
+                        progress.set_postfix(self._postfix(None), refresh=False)
+                    if self.step % config.checkpoint_every == 0 or self.step == config.total_steps:
+                        self.save_checkpoint()
+                if stop.received is not None:
                     self.save_checkpoint()
-        finally:
-            progress.close()
-            self.writer.flush()
+            except EnvironmentCrashed as error:
+                path = self.save_checkpoint()
+                raise RunStopped(
+                    f"{error}; checkpoint saved at step {self.step} to {path}; continue with "
+                    f"famo-rl train --resume {self.run_dir}"
+                ) from error
+            finally:
+                progress.close()
+                self.writer.flush()
         return TrainResult(
-            self.run_dir, self.step, self.updates, self.last_eval, self.best_success_rate
+            self.run_dir,
+            self.step,
+            self.updates,
+            self.last_eval,
+            self.best_success_rate,
+            stopped_by=stop.received,
+            checkpoint=self.last_checkpoint,
         )
 
     def close(self) -> None:
@@ -185,6 +231,33 @@ class Trainer:
         self.envs.close()
         if self.eval_envs is not None:
             self.eval_envs.close()
+
+    def _check_skipped_updates(self) -> None:
+        """Stop the run once ``max_consecutive_skips`` updates in a row were skipped.
+
+        The agent skips an update whose losses, gradients or weights are not finite and counts
+        it on the device; the host looks every ``_skip_check_interval`` updates (every update on
+        the CPU, where looking costs nothing). No checkpoint is written: the last one holds the
+        last good state.
+        """
+        torch.maximum(
+            self._longest_skip_run, self.agent.consecutive_skips, out=self._longest_skip_run
+        )
+        if self.updates % self._skip_check_interval != 0:
+            return
+        longest = int(self._longest_skip_run)
+        self._longest_skip_run.zero_()
+        limit = self.config.max_consecutive_skips
+        if longest < limit:
+            return
+        latest = self.checkpoints.paths()
+        where = f"the last checkpoint is {latest[-1]}" if latest else "no checkpoint was written"
+        raise RunStopped(
+            f"{longest} consecutive updates (limit max_consecutive_skips={limit}) had non-finite "
+            f"losses, gradients or balancer weights, at step {self.step}; {where}. Lower the "
+            f"learning rates or check the rewards, then continue with famo-rl train --resume "
+            f"{self.run_dir}"
+        )
 
     def _ready_to_update(self) -> bool:
         # After a resume the buffer starts empty: wait until every task has a transition.
@@ -247,7 +320,10 @@ class Trainer:
         step = self.step
         self.writer.add_scalar("time/steps_per_second", steps_per_second, step)
         self.writer.add_scalar("time/updates", self.updates, step)
+        self.writer.add_scalar("train/skipped_updates", int(self.agent.skipped_updates), step)
         for key, tensor in metrics.items():
+            if key == "skipped":
+                continue  # the last update's flag; train/skipped_updates counts them all
             value = tensor.detach().cpu().tolist()  # the one host sync per logging interval
             tag = BALANCER_TAGS.get(key, f"train/{key}")
             if isinstance(value, list) and len(value) == self.num_tasks:
@@ -279,8 +355,16 @@ class Trainer:
             stream.write(json.dumps(record) + "\n")
 
     def save_checkpoint(self) -> Path:
-        """Save everything needed to continue: agent, counters, episode stats, random states."""
-        return self.checkpoints.save(
+        """Save everything needed to continue: agent, counters, episode stats, random states,
+        and with ``checkpoint_buffer`` the replay buffer (written first, so that a checkpoint
+        never names a buffer file that is not there)."""
+        buffer_step = None
+        if self.config.checkpoint_buffer:
+            self.checkpoints.save_extra(
+                BUFFER_FILE, {"step": self.step, **self.buffer.state_dict()}
+            )
+            buffer_step = self.step
+        self.last_checkpoint = self.checkpoints.save(
             self.step,
             {
                 "format": CHECKPOINT_FORMAT,
@@ -293,25 +377,96 @@ class Trainer:
                 "tracker": self.tracker.state_dict(),
                 "action_rng": self.action_rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                "buffer_step": buffer_step,
             },
         )
+        return self.last_checkpoint
 
     def _restore(self) -> None:
-        state = self.checkpoints.load_latest(map_location=self.device)
-        if state is None:
+        found = self.checkpoints.latest(map_location=self.device)
+        if found is None:
             raise FileNotFoundError(f"no readable checkpoint in {self.checkpoints.folder}")
+        path, state = found
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"checkpoint {path} has format {state.get('format')!r}; this version of famo-rl "
+                f"reads format {CHECKPOINT_FORMAT}"
+            )
         if state.get("task_names") != self.task_names:
             raise ValueError(
-                f"checkpoint tasks {state.get('task_names')} differ from this run's "
-                f"{self.task_names}"
+                f"checkpoint {path} was saved for tasks {state.get('task_names')}, but this "
+                f"run has {self.task_names}"
             )
-        self.agent.load_state_dict(state["agent"])
+        try:
+            self.agent.load_state_dict(state["agent"])
+        except ValueError as error:
+            raise ValueError(f"checkpoint {path} does not fit this run: {error}") from None
+        self._restore_buffer(state.get("buffer_step"))
         self.tracker.load_state_dict(state["tracker"])
         self.action_rng.bit_generator.state = state["action_rng"]
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = int(state["step"])
         self.updates = int(state["updates"])
         self.best_success_rate = float(state["best_success_rate"])
+        self.last_checkpoint = path
+
+    def _restore_buffer(self, buffer_step: int | None) -> None:
+        """Refill the replay buffer from its file when it belongs to the restored checkpoint."""
+        if buffer_step is None:
+            return
+        try:
+            saved = self.checkpoints.load_extra(BUFFER_FILE, map_location=self.device)
+        except UNREADABLE as error:
+            warnings.warn(
+                f"replay buffer not restored ({describe_unreadable(error)}); it refills before "
+                "updates resume",
+                stacklevel=2,
+            )
+            return
+        if saved.get("step") != buffer_step:
+            warnings.warn(
+                f"replay buffer file is from step {saved.get('step')}, not the checkpoint's "
+                f"step {buffer_step}; it is not used and the buffer refills before updates resume",
+                stacklevel=2,
+            )
+            return
+        self.buffer.load_state_dict(saved)
+
+
+class _StopOnSignals:
+    """While active, SIGINT and SIGTERM ask the loop to stop (``received`` names the signal)
+    instead of killing it; a second signal interrupts at once. Outside the main thread, where
+    Python cannot install handlers, it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._restore()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.received is not None:
+            self._restore()
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name} while stopping")
+        self.received = signal.Signals(signum).name
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 def _seed_everything(seed: int) -> None:
