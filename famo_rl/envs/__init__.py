@@ -1,11 +1,13 @@
 """Multitask vector environments: the contract (:mod:`.base`), Meta-World and a synthetic suite."""
 
 from .base import MultiTaskVectorEnv, split_observation, step_success
+from .crashes import EnvironmentCrashed
 from .factory import make_envs
 from .metaworld import make_metaworld_envs
 from .synthetic import SyntheticMultiTaskEnv
 
 __all__ = [
+    "EnvironmentCrashed",
     "MultiTaskVectorEnv",
     "SyntheticMultiTaskEnv",
     "make_envs",

@@ -15,6 +15,9 @@ environments with one sub-environment per task, in task order, so ``task_idx == 
   the next episode's reset info): read it with :func:`step_success`;
 - ``terminated`` is true only at a true terminal state (bootstrap on it alone); time limits set
   ``truncated``.
+- a Meta-World sub-environment that fails in ``step`` or ``reset``, or whose ``"async"`` worker
+  dies, raises :class:`~famo_rl.envs.crashes.EnvironmentCrashed` with its ``task_name`` and
+  ``task_idx``; ``close()`` still works afterwards.
 """
 
 from __future__ import annotations

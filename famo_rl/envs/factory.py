@@ -50,6 +50,10 @@ def make_envs(
     :param cache_dir: Meta-World only: folder of the goal cache (see :func:`make_metaworld_envs`).
     :param use_cache: Meta-World only: whether to use the goal cache.
     :raises ValueError: for an unknown name, or a ``num_tasks`` that contradicts it.
+
+    A Meta-World environment raises :class:`~famo_rl.envs.crashes.EnvironmentCrashed` (naming the
+    task) when a sub-environment fails in ``reset`` or ``step``, or an ``"async"`` worker fails or
+    dies; ``close()`` works afterwards. The synthetic suite has no sub-environments to crash.
     """
     if isinstance(name, str):
         match = _SYNTHETIC.fullmatch(name)

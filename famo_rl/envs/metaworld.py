@@ -42,6 +42,8 @@ from metaworld.types import Task
 
 from famo_rl._atomic import atomic_write
 
+from .crashes import make_crash_reporting_vector_env
+
 #: Meta-World's environments raise past this many steps per episode.
 MAX_EPISODE_STEPS = 500
 #: Bumped whenever the cache layout or the way tasks are rebuilt changes.
@@ -331,7 +333,8 @@ def _build_vector_env(
     env_options: dict[str, Any],
 ) -> gym.vector.VectorEnv:
     """One sub-environment per task, with Meta-World's own wrapper stack (``_init_each_env``:
-    time limit, terminate-on-success toggle, one-hot id, episode statistics, goal sampling)."""
+    time limit, terminate-on-success toggle, one-hot id, episode statistics, goal sampling), under
+    :class:`~famo_rl.envs.crashes.ReportCrashes`, so that a crash names its task."""
     num_tasks = len(selection.task_names)
     builders = [
         partial(
@@ -348,10 +351,9 @@ def _build_vector_env(
             zip(selection.task_names, tasks, _task_seeds(selection, seed), strict=True)
         )
     ]
-    vector_class = (
-        gym.vector.SyncVectorEnv if vector_strategy == "sync" else gym.vector.AsyncVectorEnv
+    return make_crash_reporting_vector_env(
+        builders, selection.task_names, vector_strategy, autoreset_mode=AutoresetMode.SAME_STEP
     )
-    return vector_class(builders, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def make_metaworld_envs(
@@ -369,8 +371,10 @@ def make_metaworld_envs(
 
     Equivalent to ``gym.make_vec("Meta-World/MT10" | "Meta-World/MT50" |
     "Meta-World/custom-mt-envs", seed=seed, use_one_hot=True, ...)``, plus ``task_names`` on the
-    returned environment (sub-environment ``i`` runs ``task_names[i]``) and a disk cache of the
-    sampled goals that makes a second start several times faster.
+    returned environment (sub-environment ``i`` runs ``task_names[i]``), a disk cache of the
+    sampled goals that makes a second start several times faster, and crashes that name their task:
+    a sub-environment's error in ``step`` or ``reset``, or a dead ``"async"`` worker, raises
+    :class:`~famo_rl.envs.crashes.EnvironmentCrashed` (see :mod:`famo_rl.envs.crashes`).
 
     :param benchmark: ``"MT10"``, ``"MT50"`` or a list of distinct v3 task names such as
         ``["reach-v3", "push-v3"]``.
@@ -383,6 +387,7 @@ def make_metaworld_envs(
     :param cache_dir: folder of the goal cache; ``None`` means :func:`default_cache_dir`.
     :param use_cache: read and write the goal cache; ``False`` samples the goals every time.
     :raises ValueError: for an unknown benchmark or task name, or an argument out of range.
+    :raises EnvironmentCrashed: if an ``"async"`` worker fails while starting.
 
     .. warning::
         For a custom list, task ``i`` uses ``seed + i``, as Meta-World does, except that Meta-World
@@ -401,8 +406,7 @@ def make_metaworld_envs(
         "terminate_on_success": bool(terminate_on_success),
         "reward_function_version": reward_function_version,
     }
-    envs = _build_vector_env(selection, tasks, seed, vector_strategy, env_options)
-    # The vector classes are plain Python objects; an attribute keeps them unwrapped, so that
-    # metaworld.evaluation and anything expecting a SyncVectorEnv still accept them.
-    envs.task_names = list(selection.task_names)
-    return envs
+    # The vector classes are gymnasium's SyncVectorEnv and a subclass of its AsyncVectorEnv, with
+    # ``task_names`` as an attribute rather than a wrapper, so that metaworld.evaluation and
+    # anything expecting those classes still accept them.
+    return _build_vector_env(selection, tasks, seed, vector_strategy, env_options)
