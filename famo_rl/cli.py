@@ -1,7 +1,10 @@
 """``famo-rl``: train a multitask agent from a YAML config, or evaluate a finished run.
 
-User errors (a bad config, an unknown task, a missing run) print one line and exit with status 2,
-before anything is written.
+Exit status: 0 when done; 2 for a user error (a bad config, an unknown task, a missing run or
+unreadable checkpoints), printed as one line before anything is written; 1 when a run cannot go on
+(a crashed environment, a run of non-finite updates), after saying which checkpoint to resume
+from; 130 or 143 after SIGINT or SIGTERM, once a checkpoint is saved. Warnings (an unreadable
+checkpoint skipped, a replay buffer not restored) are printed as one line each.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from famo_rl.training.config import ConfigError, TrainConfig, load_config
@@ -26,11 +30,27 @@ EXIT_SIGNAL_BASE = 128
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    prefix = f"famo-rl {args.command}"
+    default_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(prefix)
     try:
         return args.handler(args)
     except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"famo-rl {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        warnings.formatwarning = default_format
+
+
+def _one_line_warning(prefix: str) -> Callable[..., str]:
+    """``warnings.formatwarning`` for a command line: ``<prefix>: warning: <message>``, without
+    the file, line and source that Python prints by default."""
+
+    def format_warning(message: Warning | str, *args: object, **kwargs: object) -> str:
+        del args, kwargs
+        return f"{prefix}: warning: {message}\n"
+
+    return format_warning
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -60,7 +60,9 @@ def checkpoint_steps(run: Path) -> list[int]:
     return [int(p.stem.split("_")[1]) for p in CheckpointManager(run / "checkpoints").paths()]
 
 
-def start_cli(args: list[str], script: str | None = None) -> subprocess.Popen[str]:
+def start_cli(
+    args: list[str], script: str | None = None, new_session: bool = False
+) -> subprocess.Popen[str]:
     """``famo-rl`` in a subprocess; ``script`` runs first in that process (to inject a fault)."""
     code = (
         script or ""
@@ -72,6 +74,7 @@ def start_cli(args: list[str], script: str | None = None) -> subprocess.Popen[st
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        start_new_session=new_session,
     )
 
 
@@ -443,3 +446,55 @@ def test_a_buffer_file_from_another_step_is_not_used(tmp_path: Path) -> None:
         "buffer file is from step 60, not the checkpoint's step 40" in str(w.message)
         for w in warned
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Crashed environment workers (Meta-World, one worker process per task).
+
+ASYNC_METAWORLD = {
+    **LONG_RUN,
+    "env": {
+        "name": ["reach-v3", "drawer-close-v3"],
+        "max_episode_steps": 20,
+        "vector_strategy": "async",
+    },
+}
+
+
+def worker_pids(process: subprocess.Popen[str]) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_killed_environment_worker_is_reported_with_its_task_and_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    process = start_cli(
+        ["train", str(write_config(tmp_path, ASYNC_METAWORLD)), "--run-dir", str(run)]
+    )
+    wait_for(lambda: 25 in checkpoint_steps(run), process, timeout=180)
+    workers = worker_pids(process)
+    assert len(workers) >= 2
+    os.kill(workers[-1], signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("famo-rl train: stopped: environment for task '")
+    assert "crashed during step: worker process died (exit code -9, SIGKILL)" in line
+    stopped_at = int(line.split("checkpoint saved at step ")[1].split(" ")[0])
+    assert max(checkpoint_steps(run)) == stopped_at
+    assert load_checkpoint(run / "checkpoints" / f"step_{stopped_at}.pt")["step"] == stopped_at
+
+
+def test_ctrl_c_to_the_process_group_stops_cleanly_with_async_workers(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    process = start_cli(
+        ["train", str(write_config(tmp_path, ASYNC_METAWORLD)), "--run-dir", str(run)],
+        new_session=True,
+    )
+    wait_for(lambda: 25 in checkpoint_steps(run), process, timeout=180)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "SIGINT received: stopped at step" in err and "Traceback" not in err

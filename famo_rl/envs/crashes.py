@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.async_vector_env import AsyncState
+from gymnasium.vector.async_vector_env import AsyncState, _async_worker
 
 #: Seconds to wait for a worker whose pipe broke to be seen dead, and for a reported error to
 #: arrive on gymnasium's error queue (it is put there just before the worker answers).
@@ -172,6 +172,16 @@ def _build_reporting_crashes(
     return ReportCrashes(env, task_name, task_idx)
 
 
+def _worker_deaf_to_interrupts(*args: Any) -> None:
+    """gymnasium's worker loop, ignoring SIGINT.
+
+    Ctrl-C in a terminal reaches every process of the group; the main process decides how to stop
+    (the trainer saves a checkpoint first), and a worker killed by it would look like a crash.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _async_worker(*args)
+
+
 class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
     """gymnasium's ``AsyncVectorEnv``, whose failures raise :class:`EnvironmentCrashed`.
 
@@ -214,6 +224,7 @@ class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
             env_fns,
             context=context,
             autoreset_mode=autoreset_mode,
+            worker=_worker_deaf_to_interrupts,
         )
 
     # Every exchange with the workers goes through _guard; get_attr goes through call.

@@ -25,7 +25,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from famo_rl.agents import MultiTaskReplayBuffer, MultiTaskSAC
-from famo_rl.envs import MultiTaskVectorEnv, make_envs, split_observation, step_success
+from famo_rl.envs import (
+    EnvironmentCrashed,
+    MultiTaskVectorEnv,
+    make_envs,
+    split_observation,
+    step_success,
+)
 from famo_rl.evaluation import EvalResult, evaluate
 
 from .checkpoints import UNREADABLE, CheckpointManager, describe_unreadable
@@ -86,10 +92,6 @@ def build_agent(
         action_high=action_space.high,
         seed=config.seed,
     )
-
-
-class EnvironmentCrashed(RuntimeError):  # TEMPORARY until famo_rl.envs provides it
-    pass
 
 
 class RunStopped(RuntimeError):
@@ -168,7 +170,6 @@ class Trainer:
     def train(self) -> TrainResult:
         """Run until ``total_steps``, evaluating, logging and checkpointing along the way."""
         config = self.config
-        obs, _ = self.envs.reset(seed=config.seed + self.step)
         progress = tqdm(
             total=config.total_steps,
             initial=self.step,
@@ -181,6 +182,7 @@ class Trainer:
         metrics: dict[str, torch.Tensor] = {}
         with _StopOnSignals() as stop:
             try:
+                obs, _ = self.envs.reset(seed=config.seed + self.step)
                 while self.step < config.total_steps and stop.received is None:
                     obs = self._collect(obs)
                     self.step += 1
