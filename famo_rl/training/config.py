@@ -136,6 +136,10 @@ class TrainConfig:
     #: full 1M transitions (about 2 s to write on 2 CPU cores), on disk and, while it is written,
     #: once more in memory.
     checkpoint_buffer: bool = False
+    #: Update the agent while the environments step (needs ``env.vector_strategy: async``): a step
+    #: then costs the longer of the two instead of their sum, and each update sees the
+    #: transitions up to the previous step instead of the current one.
+    overlap_env_steps: bool = False
     #: Stop the run after this many consecutive updates were skipped for non-finite losses,
     #: gradients or balancer weights (each skip is counted in ``train/skipped_updates``).
     max_consecutive_skips: PositiveInt = 100
@@ -311,6 +315,17 @@ def _check_consistency(config: TrainConfig) -> None:
             f"Meta-World tasks, found {config.seed}"
         )
     config.rows_per_task(num_tasks)
+    if config.overlap_env_steps and not config.env.is_metaworld:
+        raise ConfigError(
+            "config key 'overlap_env_steps' applies to Meta-World, whose environments can step in "
+            f"worker processes; the synthetic suite steps in this process, found env.name "
+            f"{config.env.name!r}"
+        )
+    if config.overlap_env_steps and config.env.vector_strategy != "async":
+        raise ConfigError(
+            "config key 'overlap_env_steps' needs env.vector_strategy 'async' (environments in "
+            f"worker processes), found env.vector_strategy {config.env.vector_strategy!r}"
+        )
     if config.buffer_capacity < num_tasks:
         raise ConfigError(
             f"config key 'buffer_capacity' must hold at least one transition of each of the "

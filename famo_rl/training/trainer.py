@@ -184,14 +184,8 @@ class Trainer:
             try:
                 obs, _ = self.envs.reset(seed=config.seed + self.step)
                 while self.step < config.total_steps and stop.received is None:
-                    obs = self._collect(obs)
-                    self.step += 1
-                    if self._ready_to_update():
-                        for _ in range(config.updates_per_step):
-                            batch = self.buffer.sample(self.rows_per_task)
-                            metrics = self.agent.update(batch)
-                            self.updates += 1
-                            self._check_skipped_updates()
+                    obs, step_metrics = self._advance(obs)
+                    metrics = step_metrics or metrics
                     progress.update(1)
                     if self.step % config.log_every == 0:
                         now = time.perf_counter()
@@ -261,20 +255,61 @@ class Trainer:
             f"{self.run_dir}"
         )
 
-    def _ready_to_update(self) -> bool:
-        # After a resume the buffer starts empty: wait until every task has a transition.
-        return self.step > self.config.warmup_steps and self.buffer.size_per_task > 0
+    def _advance(
+        self, obs: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.floating], dict[str, torch.Tensor]]:
+        """One step: act, step every task, store the transitions, update the agent.
 
-    def _collect(self, obs: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-        """Step every task once, store the transitions, and return the next observations."""
+        Returns the next observations and the last update's metrics (empty when none ran).
+        With ``overlap_env_steps`` the learner updates while the environment workers step, so the
+        update sees the transitions up to the previous step.
+        """
+        actions = self._actions(obs)
+        metrics: dict[str, torch.Tensor] = {}
+        if self.config.overlap_env_steps:
+            self.envs.step_async(actions)  # type: ignore[attr-defined]
+            if self._ready_to_update(self.step + 1):
+                metrics = self._update()
+            outcome = self.envs.step_wait()  # type: ignore[attr-defined]
+            next_obs = self._store(obs, actions, outcome)
+        else:
+            next_obs = self._store(obs, actions, self.envs.step(actions))
+            if self._ready_to_update(self.step + 1):
+                metrics = self._update()
+        self.step += 1
+        return next_obs, metrics
+
+    def _update(self) -> dict[str, torch.Tensor]:
+        """``updates_per_step`` gradient updates on fresh batches; the last one's metrics."""
+        metrics: dict[str, torch.Tensor] = {}
+        for _ in range(self.config.updates_per_step):
+            metrics = self.agent.update(self.buffer.sample(self.rows_per_task))
+            self.updates += 1
+            self._check_skipped_updates()
+        return metrics
+
+    def _ready_to_update(self, step: int) -> bool:
+        """Whether ``step`` (counting from 1) updates: past the warm-up, and, after a resume
+        without the buffer, once every task has a transition again."""
+        return step > self.config.warmup_steps and self.buffer.size_per_task > 0
+
+    def _actions(self, obs: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+        """Uniformly random actions during the warm-up, the policy's samples after it."""
         if self.step < self.config.warmup_steps:
             space = self.envs.single_action_space
-            actions = self.action_rng.uniform(
+            return self.action_rng.uniform(
                 space.low, space.high, size=(self.num_tasks, *space.shape)
             ).astype(space.dtype)
-        else:
-            actions = self.agent.act(obs)
-        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        return self.agent.act(obs)
+
+    def _store(
+        self,
+        obs: npt.NDArray[np.floating],
+        actions: npt.NDArray[np.floating],
+        outcome: tuple[Any, ...],
+    ) -> npt.NDArray[np.floating]:
+        """Store one step's transitions and episode statistics; return the next observations."""
+        next_obs, reward, terminated, truncated, info = outcome
         done = np.logical_or(terminated, truncated)
         # With same-step autoreset, next_obs already starts the next episode where one ended.
         final_obs = next_obs

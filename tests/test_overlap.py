@@ -1,0 +1,80 @@
+"""``overlap_env_steps``: the learner updates while the environment workers step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from famo_rl.training.config import ConfigError, config_from_dict
+from famo_rl.training.trainer import Trainer
+
+TASKS = ["reach-v3", "drawer-close-v3"]
+WARMUP = 10
+STEPS = 30
+
+
+def config(overlap: bool, strategy: str = "async", name: Any = None) -> dict[str, Any]:
+    return {
+        "env": {
+            "name": TASKS if name is None else name,
+            "max_episode_steps": 20,
+            "vector_strategy": strategy,
+        },
+        "agent": {"hidden_sizes": [16, 16], "critic_balancer": "famo", "actor_balancer": "famo"},
+        "total_steps": STEPS,
+        "warmup_steps": WARMUP,
+        "batch_size_per_task": 4,
+        "buffer_capacity": 1000,
+        "eval_every": 10_000,
+        "eval_episodes": 1,
+        "checkpoint_every": 10_000,
+        "progress": False,
+        "num_threads": 1,
+        "overlap_env_steps": overlap,
+    }
+
+
+def updates_seen(overlap: bool, run_dir: Path) -> list[tuple[str, int]]:
+    """(the environments' state, transitions in the buffer) at every update of a short run."""
+    trainer = Trainer(config_from_dict(config(overlap)), run_dir)
+    seen: list[tuple[str, int]] = []
+    update = trainer.agent.update
+
+    def recording_update(batch: Any) -> Any:
+        seen.append((trainer.envs._state.name, len(trainer.buffer)))  # type: ignore[attr-defined]
+        return update(batch)
+
+    trainer.agent.update = recording_update  # type: ignore[method-assign]
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
+    assert result.steps == STEPS and result.updates == STEPS - WARMUP
+    return seen
+
+
+def test_updates_run_while_the_workers_step_and_see_the_previous_steps(tmp_path: Path) -> None:
+    overlapped = updates_seen(True, tmp_path / "overlap")
+    sequential = updates_seen(False, tmp_path / "sequential")
+    tasks = len(TASKS)
+    # Overlapped: every update ran while a step was pending in the workers, on the transitions
+    # of the steps before it.
+    assert [state for state, _ in overlapped] == ["WAITING_STEP"] * (STEPS - WARMUP)
+    assert [n for _, n in overlapped] == [s * tasks for s in range(WARMUP, STEPS)]
+    # Sequential: the workers were idle, and the update saw its own step's transitions too.
+    assert [state for state, _ in sequential] == ["DEFAULT"] * (STEPS - WARMUP)
+    assert [n for _, n in sequential] == [s * tasks for s in range(WARMUP + 1, STEPS + 1)]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "name", "message"),
+    [
+        ("sync", None, "needs env.vector_strategy 'async'"),
+        ("async", "synthetic", "applies to Meta-World"),
+    ],
+)
+def test_overlap_needs_worker_processes(strategy: str, name: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(config(True, strategy, name))
