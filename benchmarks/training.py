@@ -9,7 +9,9 @@ Three measurements, in one process run:
    (each vector step advances all 10 tasks) and the same warm-up of random actions. Contenders:
    ``ours famo`` (the recommended ``configs/mt10_famo.yaml``: FAMO on the critic and actor losses),
    ``ours famo every 4`` (the same with ``famo_reevaluation_every=4``), ``ours ls`` (plain
-   averaging, the same work as SB3's SAC), ``sb3`` and ``sb3+famo``
+   averaging, the same work as SB3's SAC), the same three ``overlapped`` (environments in worker
+   processes, stepping while the learner updates: ``overlap_env_steps``), ``sb3``, ``sb3 async``
+   (SB3 on the same worker-process environments; its loop waits for them) and ``sb3+famo``
    (:class:`famo_rl.sb3.MultiTaskSAC`, FAMO inside SB3). After the warm-up and one discarded block
    with updates, rounds of one block per contender run in a rotating order; each block's rate is
    divided by SB3's rate in the same round. Evaluation and checkpoints are left out: they are not
@@ -25,7 +27,7 @@ Three measurements, in one process run:
    temperature, target, FAMO's re-measurement) and the logging, then the top functions of a
    ``cProfile`` run.
 
-Run: ``python -m benchmarks.training`` (about 15 minutes on 2 CPU cores); ``--quick`` for a smoke
+Run: ``python -m benchmarks.training`` (about 25 minutes on 2 CPU cores); ``--quick`` for a smoke
 test (two Meta-World tasks, tiny networks, MT50 skipped).
 """
 
@@ -62,13 +64,23 @@ from famo_rl.training.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 #: The two Meta-World tasks ``--quick`` trains on instead of MT10.
 QUICK_TASKS = ["reach-v3", "push-v3"]
-#: Contender name -> for ours: (balancer of the critic and actor losses, famo_reevaluation_every).
-OURS: dict[str, tuple[str, int]] = {
-    "ours famo": ("famo", 1),
-    "ours famo every 4": ("famo", 4),
-    "ours ls": ("ls", 1),
+#: Contender name -> for ours: (balancer of the critic and actor losses, famo_reevaluation_every,
+#: overlap_env_steps). Overlapped loops step the environments in worker processes (async).
+OURS: dict[str, tuple[str, int, bool]] = {
+    "ours famo": ("famo", 1, False),
+    "ours famo every 4": ("famo", 4, False),
+    "ours ls": ("ls", 1, False),
+    "ours famo overlapped": ("famo", 1, True),
+    "ours famo every 4 overlapped": ("famo", 4, True),
+    "ours ls overlapped": ("ls", 1, True),
 }
-CONTENDERS = (*OURS, "sb3", "sb3+famo")
+#: SB3 contender name -> (FAMO through our plug-in, environments in worker processes).
+SB3: dict[str, tuple[bool, bool]] = {
+    "sb3": (False, False),
+    "sb3 async": (False, True),
+    "sb3+famo": (True, False),
+}
+CONTENDERS = (*OURS, *SB3)
 #: Logging happens every ``log_every`` steps; the profile reports it amortised at this default.
 DEFAULT_LOG_EVERY = 1000
 
@@ -152,10 +164,11 @@ class Ours:
 
     def __init__(self, name: str, setting: Setting, run: Run) -> None:
         self.name = name
-        balancer, every = OURS[name]
+        balancer, every, overlap = OURS[name]
         config = config_from_dict(
             {
-                "env": {"name": run.env_name},
+                "env": {"name": run.env_name, "vector_strategy": "async" if overlap else "sync"},
+                "overlap_env_steps": overlap,
                 "agent": {
                     "hidden_sizes": list(setting.hidden_sizes),
                     "critic_balancer": balancer,
@@ -193,13 +206,14 @@ class Ours:
 class StableBaselines:
     """``stable_baselines3.SAC`` (or our SB3 plug-in with FAMO) on the same environments."""
 
-    def __init__(self, name: str, famo: bool, setting: Setting, run: Run) -> None:
+    def __init__(self, name: str, setting: Setting, run: Run) -> None:
         from stable_baselines3 import SAC
 
         from famo_rl.sb3 import MultiTaskSAC, make_vec_env
 
         self.name = name
-        env = make_vec_env(run.env_name, seed=0)
+        famo, workers = SB3[name]
+        env = make_vec_env(run.env_name, seed=0, vector_strategy="async" if workers else "sync")
         self.num_envs = env.num_envs
         options: dict[str, Any] = {
             "learning_rate": 3e-4,
@@ -237,7 +251,7 @@ def build(name: str, setting: Setting, run: Run) -> Contender:
     """The loop called ``name`` (see :data:`CONTENDERS`), ready for its first ``advance``."""
     if name in OURS:
         return Ours(name, setting, run)
-    return StableBaselines(name, name == "sb3+famo", setting, run)
+    return StableBaselines(name, setting, run)
 
 
 # --------------------------------------------------------------------------------------------------
