@@ -14,7 +14,8 @@ critic only (uncertainty weighting refuses the actor's signed losses), and ``fam
 the FAMO paper's MT10 variant (actor averaged). ``next_batch`` rows use
 ``SACConfig.famo_reevaluation="next_batch"``, which skips the re-measurement; ``every 4`` rows use
 ``famo_reevaluation_every=4`` (one update in four re-measures; their samples time four
-consecutive updates and report the mean).
+consecutive updates and report the mean); ``rows 0.25`` rows use ``famo_reevaluation_rows=0.25``
+(every update re-measures, on a quarter of each task's rows).
 
 **How it is measured.** Every variant gets its own agent (same seed, same initial weights) and the
 same fixed batch. After warm-up updates (discarded), rounds of one timed update per variant run in
@@ -73,6 +74,7 @@ class Variant:
     actor_balancer: str
     famo_reevaluation: Literal["same_batch", "next_batch"] = "same_batch"
     famo_reevaluation_every: int = 1
+    famo_reevaluation_rows: float = 1.0
 
     def config(self, hidden_sizes: tuple[int, ...]) -> SACConfig:
         """The agent of this row; everything but the balancers keeps its default."""
@@ -83,6 +85,7 @@ class Variant:
             alpha_balancer="ls",
             famo_reevaluation=self.famo_reevaluation,
             famo_reevaluation_every=self.famo_reevaluation_every,
+            famo_reevaluation_rows=self.famo_reevaluation_rows,
         )
 
     @property
@@ -102,6 +105,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("famo next_batch, critic only", "famo", "ls", "next_batch"),
         Variant("famo every 4", "famo", "famo", famo_reevaluation_every=4),
         Variant("famo every 4, critic only", "famo", "ls", famo_reevaluation_every=4),
+        Variant("famo rows 0.25", "famo", "famo", famo_reevaluation_rows=0.25),
+        Variant("famo rows 0.25, critic only", "famo", "ls", famo_reevaluation_rows=0.25),
         *(Variant(name, name, name) for name in GRADIENT_METHODS),
     )
 }
@@ -246,6 +251,8 @@ def _record(
         "critic_balancer": variant.critic_balancer,
         "actor_balancer": variant.actor_balancer,
         "famo_reevaluation": variant.famo_reevaluation,
+        "famo_reevaluation_every": variant.famo_reevaluation_every,
+        "famo_reevaluation_rows": variant.famo_reevaluation_rows,
         "times_ms": [1000 * t for t in times[label]],
         "time_ms": summarize([1000 * t for t in times[label]]),
         "ratios_to_ls": ratios[label],

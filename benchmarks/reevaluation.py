@@ -4,13 +4,15 @@
 re-measuring them on the same batch after the step, which saves the extra forward passes
 (``benchmarks/balancers.py`` measures how much). This script measures what it costs in learning:
 the synthetic study of ``examples/synthetic_study.py`` (five point-mass tasks whose reward scales
-span 1e-2 .. 1e2, the same small SAC), run for ``ls``, FAMO with ``same_batch`` and FAMO with
-``next_batch`` and FAMO re-measuring on one update in four (``famo_reevaluation_every=4``) on the
-same seeds, interleaved seed by seed. It reports success rates, the run's wall time relative to
-``ls``, and how far FAMO's task weights moved from uniform.
+span 1e-2 .. 1e2, the same small SAC), run for ``ls``, FAMO with ``same_batch``, FAMO with
+``next_batch``, FAMO re-measuring on one update in four (``famo_reevaluation_every=4``) and FAMO
+re-measuring on a quarter of each task's rows (``famo_reevaluation_rows=0.25``) on the same seeds,
+interleaved seed by seed. It reports success rates, the run's wall time relative to ``ls``, and how
+far FAMO's task weights moved from uniform.
 
-Run: ``python -m benchmarks.reevaluation`` (about 20 minutes on 2 CPU cores); ``--quick`` for a
-smoke test.
+Run: ``python -m benchmarks.reevaluation`` (about 25 minutes on 2 CPU cores); ``--quick`` for a
+smoke test; ``--variants`` to run some of them (``ls`` always runs, as the time reference) and
+``--name`` to write their results beside the full study's instead of over them.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from famo_rl.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "examples" / "synthetic_study.py"
-#: Variant name -> (balancer of the critic and actor losses, famo_reevaluation, and
-#: famo_reevaluation_every).
-VARIANTS: dict[str, tuple[str, str, int]] = {
-    "ls": ("ls", "same_batch", 1),
-    "famo same_batch": ("famo", "same_batch", 1),
-    "famo next_batch": ("famo", "next_batch", 1),
-    "famo every 4": ("famo", "same_batch", 4),
+#: Variant name -> (balancer of the critic and actor losses, famo_reevaluation,
+#: famo_reevaluation_every and famo_reevaluation_rows).
+VARIANTS: dict[str, tuple[str, str, int, float]] = {
+    "ls": ("ls", "same_batch", 1, 1.0),
+    "famo same_batch": ("famo", "same_batch", 1, 1.0),
+    "famo next_batch": ("famo", "next_batch", 1, 1.0),
+    "famo every 4": ("famo", "same_batch", 4, 1.0),
+    "famo rows 0.25": ("famo", "same_batch", 1, 0.25),
 }
 
 
@@ -57,10 +60,11 @@ def run_variant(
     study: ModuleType, variant: str, seed: int, steps: int, folder: Path
 ) -> dict[str, Any]:
     """Train one variant from one seed; success rates, wall time and the final FAMO weights."""
-    balancer, reevaluation, every = VARIANTS[variant]
+    balancer, reevaluation, every, rows = VARIANTS[variant]
     data = study.study_config(balancer, seed, steps)
     data["agent"]["famo_reevaluation"] = reevaluation
     data["agent"]["famo_reevaluation_every"] = every
+    data["agent"]["famo_reevaluation_rows"] = rows
     start = time.perf_counter()
     trainer = Trainer(config_from_dict(data), folder)
     try:
@@ -116,9 +120,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (all runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="one seed, 300 steps: a smoke test")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="variants to run (ls always runs: run times are relative to it)",
+    )
+    parser.add_argument(
+        "--name", default="reevaluation", help="output file stem (default: reevaluation)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.steps = [0], 300
+        args.seeds, args.steps, args.name = [0], 300, f"{args.name}_quick"
+    if "ls" not in args.variants:
+        args.variants = ["ls", *args.variants]
     return args
 
 
@@ -126,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     study = load_study()
-    variants = list(VARIANTS)
+    variants = args.variants
     records = []
     with tempfile.TemporaryDirectory() as scratch:
         # A discarded first run takes the one-time costs (imports, first allocations).
@@ -155,13 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     table = markdown_table(headers, summary_rows(records, variants))
     print("\n" + table)
-    name = "reevaluation_quick" if args.quick else "reevaluation"
     settings = {"seeds": args.seeds, "steps": args.steps, "threads": args.threads}
     write_json(
-        args.out / f"{name}.json",
+        args.out / f"{args.name}.json",
         {"machine": machine_description(), "settings": settings, "runs": records},
     )
-    (args.out / f"{name}.md").write_text(table)
+    (args.out / f"{args.name}.md").write_text(table)
     return 0
 
 

@@ -6,11 +6,14 @@ re-measured on the same batch; with ``next_batch`` they are the next update's lo
 the next batch before its step. On a fixed batch of terminal transitions the critic's target does
 not move, so the two must give exactly the same training run: that is the proof that
 ``next_batch`` is the same algorithm with the measurement taken one update later. With
-``famo_reevaluation_every=n`` one update in ``n`` measures and steps the logits.
+``famo_reevaluation_every=n`` one update in ``n`` measures and steps the logits. With
+``famo_reevaluation_rows`` below 1 the losses after the step are measured on a stratified subset of
+the rows, and FAMO compares them with the same rows' losses before the step.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import pytest
 import torch
 
 from famo_rl.agents import Batch, MultiTaskReplayBuffer, MultiTaskSAC, SACConfig
+from famo_rl.agents.sac import TaskGroups
+from famo_rl.balancers import FAMO
 from famo_rl.training.config import ConfigError, config_from_dict
 from famo_rl.training.trainer import Trainer
 
@@ -273,3 +278,241 @@ def test_sac_with_next_batch_learns_the_synthetic_suite(tmp_path: Path) -> None:
         trainer.close()
     assert result.last_eval is not None
     assert result.best_success_rate >= 0.8, result.last_eval.success_rate
+
+
+# --------------------------------------------------------------------------------------------------
+# Re-measuring on a stratified subset of the rows (famo_reevaluation_rows).
+
+
+def count_forward_rows(agent: MultiTaskSAC, updates: int) -> Counter:
+    """Rows through the actor and the (trained) critic over ``updates`` updates."""
+    counts: Counter = Counter()
+    for name in ("actor", "critic"):
+        network = getattr(agent, name)
+        network.register_forward_hook(
+            lambda _, inputs, __, name=name: counts.update({name: inputs[0].shape[0]})
+        )
+    buffer = make_buffer()
+    for _ in range(updates):
+        agent.update(buffer.sample(PER_TASK))
+    return counts
+
+
+def record_updates(balancer: FAMO) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Make ``balancer.update`` record what it is given: ``(after, before or None)``."""
+    calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    original = balancer.update
+
+    def record(task_losses_after, mask=None, task_losses_before=None) -> None:
+        before = None if task_losses_before is None else task_losses_before.clone()
+        calls.append((task_losses_after.clone(), before))
+        original(task_losses_after, mask, task_losses_before)
+
+    balancer.update = record  # type: ignore[method-assign]  # a spy on the instance
+    return calls
+
+
+def test_all_rows_is_the_default() -> None:
+    assert SACConfig().famo_reevaluation_rows == 1.0
+
+
+@pytest.mark.parametrize("rows", [0, 0.0, -0.25, 1.5, float("nan"), True, "half"])
+def test_rows_must_be_a_fraction(rows: object) -> None:
+    with pytest.raises(ValueError, match=r"famo_reevaluation_rows must be a fraction in \(0, 1\]"):
+        SACConfig(famo_reevaluation_rows=rows)  # type: ignore[arg-type]  # the error under test
+
+
+def test_rows_below_one_need_same_batch() -> None:
+    with pytest.raises(ValueError, match="needs famo_reevaluation='same_batch'"):
+        SACConfig(famo_reevaluation="next_batch", famo_reevaluation_rows=0.5)
+    assert SACConfig(famo_reevaluation="next_batch", famo_reevaluation_rows=1).famo_reevaluation
+
+
+def test_config_files_accept_and_check_the_rows() -> None:
+    config = config_from_dict({"agent": {"famo_reevaluation_rows": 0.25}})
+    assert config.agent.famo_reevaluation_rows == 0.25
+    with pytest.raises(ConfigError, match=r"famo_reevaluation_rows must be a fraction.*found 0\.0"):
+        config_from_dict({"agent": {"famo_reevaluation_rows": 0}})
+    with pytest.raises(ConfigError, match="famo_reevaluation_rows"):
+        config_from_dict({"agent": {"famo_reevaluation_rows": "a quarter"}})
+    with pytest.raises(ConfigError, match="needs famo_reevaluation='same_batch'"):
+        config_from_dict(
+            {"agent": {"famo_reevaluation": "next_batch", "famo_reevaluation_rows": 0.5}}
+        )
+
+
+def test_subset_takes_each_tasks_share_first_rows_first() -> None:
+    # Tasks 0, 1, 3 with 10, 3 and 7 rows, shuffled; task 2 is absent. A quarter: 5 rows, taken
+    # by position within their task: 0 (tasks 0, 1, 3), 1/10 (task 0), 1/7 (task 3).
+    task_idx = torch.tensor([0] * 10 + [1] * 3 + [3] * 7)
+    task_idx = task_idx[torch.randperm(20, generator=torch.Generator().manual_seed(0))]
+    groups = TaskGroups.from_task_idx(task_idx, 4, torch.float32)
+    rows, subset = groups.subset(0.25)
+    assert rows.shape == (5,)
+    for task, share in ((0, 2), (1, 1), (2, 0), (3, 2)):
+        positions = (task_idx == task).nonzero().flatten()
+        assert sorted(rows[task_idx[rows] == task].tolist()) == positions[:share].tolist()
+    values = torch.randn(20, generator=torch.Generator().manual_seed(1))
+    expected = torch.zeros(4)
+    for task in (0, 1, 3):
+        expected[task] = values[rows[task_idx[rows] == task]].mean()
+    torch.testing.assert_close(subset.mean(values[rows]), expected)
+    assert torch.equal(subset.present, groups.present)
+
+
+def test_subset_of_equal_tasks_takes_the_same_rows_from_each() -> None:
+    groups = TaskGroups.from_task_idx(torch.arange(4).repeat(16), 4, torch.float32)
+    rows, _ = groups.subset(0.25)
+    # 16 rows per task, interleaved: each task's first 4.
+    assert sorted(rows.tolist()) == list(range(16))
+
+
+def test_a_tiny_share_keeps_one_row_of_every_task() -> None:
+    groups = TaskGroups.from_task_idx(torch.arange(3).repeat_interleave(4), 3, torch.float32)
+    rows, subset = groups.subset(0.01)
+    assert rows.tolist() == [0, 4, 8]
+    assert bool(subset.present.all())
+
+
+def test_all_rows_hand_famo_the_full_batch_only() -> None:
+    agent = make_agent(famo_reevaluation_rows=1.0)
+    calls = record_updates(agent.critic_balancer)
+    agent.update(make_buffer().sample(PER_TASK))
+    ((after, before),) = calls
+    assert before is None
+
+
+def test_famo_given_the_same_losses_before_steps_identically() -> None:
+    losses = torch.tensor([0.5, 2.0, 8.0], requires_grad=True)
+    after = torch.tensor([0.4, 1.9, 8.5])
+    logits = []
+    for paired in (False, True):
+        famo = FAMO(3)
+        famo.combine(losses)
+        famo.update(after, task_losses_before=losses.detach() if paired else None)
+        logits.append(famo.logits)
+    assert torch.equal(logits[0], logits[1])
+    assert bool((logits[0] != 0).all())
+
+
+def test_famo_compares_with_the_losses_before_it_is_given() -> None:
+    # The paired losses replace combine()'s in the logit step: the same step as a FAMO that saw
+    # those losses in combine() (with non-negative losses the floors stay at zero in both).
+    full, subset_before = torch.tensor([0.5, 2.0, 8.0]), torch.tensor([0.7, 1.5, 9.0])
+    after = torch.tensor([0.6, 1.4, 8.0])
+    paired, reference = FAMO(3), FAMO(3)
+    paired.combine(full.requires_grad_())
+    paired.update(after, task_losses_before=subset_before)
+    reference.combine(subset_before.clone().requires_grad_())
+    reference.update(after)
+    torch.testing.assert_close(paired.logits, reference.logits, rtol=0, atol=0)
+
+
+def test_famo_lowers_its_floors_to_admit_the_losses_before() -> None:
+    # Signed losses (the actor's): combine() sets the estimated floors at twice its losses; the
+    # subset's losses before lie below them, and must be shifted by floors that admit them, as if
+    # combine() had seen them.
+    full, subset_before = torch.tensor([-1.0, -2.0, 3.0]), torch.tensor([-3.0, -2.5, 2.0])
+    after = torch.tensor([-3.2, -2.4, 1.5])
+    paired, reference = FAMO(3), FAMO(3)
+    paired.combine(full.requires_grad_())
+    paired.update(after, task_losses_before=subset_before)
+    reference.combine(subset_before.clone().requires_grad_())
+    reference.update(after)
+    torch.testing.assert_close(paired.floors, reference.floors, rtol=0, atol=0)
+    torch.testing.assert_close(paired.logits, reference.logits, rtol=0, atol=0)
+
+
+def test_famo_checks_the_losses_before() -> None:
+    famo = FAMO(3)
+    famo.combine(torch.ones(3, requires_grad=True))
+    with pytest.raises(ValueError, match=r"task_losses_before must have shape \(3,\)"):
+        famo.update(torch.ones(3), task_losses_before=torch.ones(2))
+
+
+def test_a_non_finite_loss_before_leaves_its_logit() -> None:
+    famo = FAMO(3)
+    famo.combine(torch.ones(3, requires_grad=True))
+    famo.update(torch.full((3,), 0.5), task_losses_before=torch.tensor([1.0, float("nan"), 2.0]))
+    assert famo.logits[1] == 0
+    assert bool((famo.logits[[0, 2]] != 0).all())
+
+
+def test_rows_hand_famo_paired_losses_of_the_same_rows() -> None:
+    # A fixed batch of terminal transitions, 8 rows per task, a quarter re-measured: rows 0-1,
+    # 8-9 and 16-17. Computed by hand from copies of the networks before the update.
+    batch = terminal_batch()
+    agent = make_agent(seed=2, famo_reevaluation_rows=0.25)
+    critic_calls = record_updates(agent.critic_balancer)
+    actor_calls = record_updates(agent.actor_balancer)
+    critic_before = copy.deepcopy(agent.critic)
+    actor_before = copy.deepcopy(agent.actor)
+    alpha = agent.log_alpha.detach().exp().clone()
+    generator_state = agent.generator.get_state()
+    metrics = agent.update(batch)
+
+    rows = torch.tensor([0, 1, 8, 9, 16, 17])
+    obs, action, task_idx = batch.obs[rows], batch.action[rows], batch.task_idx[rows]
+    with torch.no_grad():
+
+        def critic_losses(critic: torch.nn.Module) -> torch.Tensor:
+            q = critic(obs, action, task_idx)
+            return (0.5 * (q - batch.reward[rows]).pow(2).sum(dim=0)).view(NUM_TASKS, 2).mean(1)
+
+        # The update draws the next actions' noise first, then the actor's.
+        generator = torch.Generator()
+        generator.set_state(generator_state)
+        torch.randn((len(batch.task_idx), ACTION_DIM), generator=generator)
+        noise = torch.randn((len(batch.task_idx), ACTION_DIM), generator=generator)[rows]
+
+        def actor_losses(actor: torch.nn.Module) -> torch.Tensor:
+            # The actor's step comes after the critic's: both sides read the stepped critic.
+            sample, log_prob = actor(obs, task_idx, noise)
+            q = agent.critic(obs, sample, task_idx).amin(dim=0)
+            return (alpha[task_idx] * log_prob - q).view(NUM_TASKS, 2).mean(1)
+
+        expected = {
+            "critic": (critic_losses(agent.critic), critic_losses(critic_before)),
+            "actor": (actor_losses(agent.actor), actor_losses(actor_before)),
+        }
+    for role, calls in (("critic", critic_calls), ("actor", actor_calls)):
+        ((after, before),) = calls
+        assert before is not None
+        torch.testing.assert_close(after, expected[role][0], msg=role)
+        torch.testing.assert_close(before, expected[role][1], msg=role)
+        # The subset's losses before the step are not the whole batch's that backward() saw.
+        assert not torch.allclose(before, metrics[f"{role}_loss"]), role
+
+
+def test_rows_cut_the_forward_rows_of_the_re_measurement() -> None:
+    updates, batch = 3, NUM_TASKS * PER_TASK
+    ls = count_forward_rows(make_agent(critic_balancer="ls", actor_balancer="ls"), updates)
+    full = count_forward_rows(make_agent(), updates)
+    quarter = count_forward_rows(make_agent(famo_reevaluation_rows=0.25), updates)
+    # Averaging: the actor on next_obs and on obs, the critic for its loss and the actor's.
+    assert ls == Counter(actor=2 * batch * updates, critic=2 * batch * updates)
+    # The re-measurement: the actor once, the critic twice (its own loss, the actor's).
+    assert full - ls == Counter(actor=batch * updates, critic=2 * batch * updates)
+    # A quarter: 2 of the 8 rows of each task.
+    subset = 2 * NUM_TASKS
+    assert quarter - ls == Counter(actor=subset * updates, critic=2 * subset * updates)
+
+
+def test_rows_with_every_n_re_measure_a_subset_on_one_update_in_n() -> None:
+    updates, every, subset = 8, 4, 2 * NUM_TASKS
+    ls = count_forward_rows(make_agent(critic_balancer="ls", actor_balancer="ls"), updates)
+    agent = make_agent(famo_reevaluation_rows=0.25, famo_reevaluation_every=every)
+    sparse = count_forward_rows(agent, updates)
+    measured = updates // every
+    assert sparse - ls == Counter(actor=subset * measured, critic=2 * subset * measured)
+    assert bool((agent.critic_balancer.logits != 0).all())
+
+
+def test_rows_leave_an_absent_tasks_logit() -> None:
+    agent = make_agent(famo_reevaluation_rows=0.25)
+    full = make_buffer().sample(PER_TASK)
+    keep = full.task_idx != 1
+    agent.update(Batch(**{name: getattr(full, name)[keep] for name in full.__dataclass_fields__}))
+    for balancer in (agent.critic_balancer, agent.actor_balancer):
+        assert balancer.logits[1] == 0
+        assert bool((balancer.logits[[0, 2]] != 0).all())

@@ -91,6 +91,14 @@ class SACConfig:
     #: logit step stays the paper's, there are just fewer of them: 4 cuts ``same_batch``'s extra
     #: cost fourfold. 1 (every update) is the paper's setting.
     famo_reevaluation_every: int = 1
+    #: Fraction of the batch's rows, in (0, 1], on which ``same_batch`` re-measures the critic and
+    #: actor losses after the step: of each task present in the batch, its first
+    #: ``max(1, round(fraction * rows))`` rows in batch order (a random sample of the task's rows
+    #: when the batch comes from the replay buffer). The balancer compares them with the same rows'
+    #: losses before the step, averaged from the per-row losses of the update's forward pass, so
+    #: the change it sees is paired; 0.25 cuts the re-measurement's forward rows about fourfold.
+    #: 1 (all rows) is the paper's setting. ``next_batch`` re-measures nothing: it requires 1.
+    famo_reevaluation_rows: float = 1.0
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -123,6 +131,7 @@ class SACConfig:
         every = self.famo_reevaluation_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"famo_reevaluation_every must be a positive integer, found {every!r}")
+        self._check_reevaluation_rows()
         for role in ("critic", "actor", "alpha"):
             name = getattr(self, f"{role}_balancer")
             options = getattr(self, f"{role}_balancer_options")
@@ -136,6 +145,16 @@ class SACConfig:
                     f"{role}_balancer_options: balancer {name!r} has no option {unknown[0]!r}; "
                     f"its options are: {', '.join(valid) if valid else '(none)'}"
                 )
+
+    def _check_reevaluation_rows(self) -> None:
+        rows = self.famo_reevaluation_rows
+        if isinstance(rows, bool) or not isinstance(rows, (int, float)) or not 0.0 < rows <= 1.0:
+            raise ValueError(f"famo_reevaluation_rows must be a fraction in (0, 1], found {rows!r}")
+        if rows != 1.0 and self.famo_reevaluation == "next_batch":
+            raise ValueError(
+                f"famo_reevaluation_rows={rows!r} needs famo_reevaluation='same_batch': "
+                "'next_batch' re-measures nothing, so there are no rows to choose"
+            )
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,33 @@ class TaskGroups:
         sums = torch.zeros_like(self.inverse_counts).index_add(0, self.task_idx, values)
         return sums * self.inverse_counts
 
+    def subset(self, fraction: float) -> tuple[Tensor, TaskGroups]:
+        """A stratified subset of ``max(round(fraction * batch), num_tasks)`` rows (at most all).
+
+        Each task gives its first rows in batch order, ``fraction`` of its rows within one row and
+        at least one: the rows are taken in order of their rank within their task relative to the
+        task's row count. The size does not depend on the counts, so no host synchronisation is
+        needed.
+
+        :param fraction: share of the rows, in ``(0, 1]``.
+        :return: the rows' indices into the batch, shape ``(rows,)``, and their groups.
+        """
+        batch, num_tasks = self.task_idx.shape[0], self.present.shape[0]
+        counts = torch.zeros(num_tasks, dtype=torch.long, device=self.task_idx.device)
+        counts.index_add_(0, self.task_idx, torch.ones_like(self.task_idx))
+        # Each row's rank among its task's rows, in batch order: its place in a stable sort by task
+        # minus the place where its task starts.
+        order = torch.argsort(self.task_idx, stable=True)
+        starts = counts.cumsum(0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(batch, device=order.device) - starts[self.task_idx[order]]
+        # Every task's first row has position 0: num_tasks rows or more take them all.
+        position = rank / counts[self.task_idx]
+        size = min(batch, max(round(fraction * batch), num_tasks))
+        rows = torch.argsort(position, stable=True)[:size]
+        dtype = self.inverse_counts.dtype
+        return rows, TaskGroups.from_task_idx(self.task_idx[rows], num_tasks, dtype)
+
 
 class MultiTaskSAC:
     """Soft actor-critic for ``num_tasks`` tasks with balanced per-task losses.
@@ -177,7 +223,9 @@ class MultiTaskSAC:
     re-measured on the same batch, without gradients, right after its optimizer step; with
     ``famo_reevaluation="next_batch"`` it gets the next update's losses instead, measured on the
     next batch before that update's step; with ``famo_reevaluation_every=n`` only one update in
-    ``n`` does either.
+    ``n`` does either; with ``famo_reevaluation_rows`` below 1 the critic and actor losses are
+    re-measured on a stratified subset of the batch's rows and compared with the same rows' losses
+    before the step.
 
     Per-task losses, each the mean over that task's rows of the batch:
 
@@ -344,18 +392,22 @@ class MultiTaskSAC:
             soft_value = next_q - self._alpha_per_row(batch.task_idx) * next_log_prob
             target_q = batch.reward + self.config.discount * (1.0 - batch.terminated) * soft_value
 
-        def task_losses() -> tuple[Tensor, Tensor]:
-            q = self.critic(batch.obs, action, batch.task_idx)
-            return groups.mean(0.5 * (q - target_q).pow(2).sum(dim=0)), q
+        def row_losses(rows: Tensor | slice = _ALL_ROWS) -> tuple[Tensor, Tensor]:
+            q = self.critic(batch.obs[rows], action[rows], batch.task_idx[rows])
+            return 0.5 * (q - target_q[rows]).pow(2).sum(dim=0), q
 
-        critic_loss, q = task_losses()
+        critic_row_loss, q = row_losses()
+        critic_loss = groups.mean(critic_row_loss)
         self._close_previous_step("critic", critic_loss, groups.present)
         self.critic_optimizer.zero_grad(set_to_none=True)
         self.critic_balancer.backward(critic_loss, self._critic_params, groups.present)
         metrics = self._clip("critic_grad_norm", self._critic_params)
         self.critic_optimizer.step()
 
-        self._measure_losses_after("critic", lambda: task_losses()[0], groups.present)
+        def losses_after() -> tuple[Tensor, Tensor | None]:
+            return self._losses_after_on_rows(lambda r: row_losses(r)[0], critic_row_loss, groups)
+
+        self._measure_losses_after("critic", losses_after, groups.present)
 
         metrics["critic_loss"] = critic_loss.detach()
         metrics["q_mean"] = q.detach().mean()
@@ -366,17 +418,20 @@ class MultiTaskSAC:
         """Step the actor on its per-task soft policy losses; see :meth:`update` for the metrics.
 
         The actions are resampled from the same noise when the losses are re-measured after the
-        step, so that the balancer compares the same sample before and after.
+        step (on the same rows' noise with ``famo_reevaluation_rows`` below 1), so that the
+        balancer compares the same sample before and after.
         """
         noise = self._noise(len(batch.task_idx))
         alpha = self._alpha_per_row(batch.task_idx)
 
-        def task_losses() -> tuple[Tensor, Tensor]:
-            action, log_prob = self.actor(batch.obs, batch.task_idx, noise)
-            q = self.critic(batch.obs, action, batch.task_idx).amin(dim=0)
-            return groups.mean(alpha * log_prob - q), log_prob
+        def row_losses(rows: Tensor | slice = _ALL_ROWS) -> tuple[Tensor, Tensor]:
+            obs, task_idx = batch.obs[rows], batch.task_idx[rows]
+            action, log_prob = self.actor(obs, task_idx, noise[rows])
+            q = self.critic(obs, action, task_idx).amin(dim=0)
+            return alpha[rows] * log_prob - q, log_prob
 
-        actor_loss, log_prob = task_losses()
+        actor_row_loss, log_prob = row_losses()
+        actor_loss = groups.mean(actor_row_loss)
         self._close_previous_step("actor", actor_loss, groups.present)
         self.actor_optimizer.zero_grad(set_to_none=True)
         # Only the actor's gradients are computed: the critic is read, not trained, here.
@@ -384,7 +439,10 @@ class MultiTaskSAC:
         metrics = self._clip("actor_grad_norm", self._actor_params)
         self.actor_optimizer.step()
 
-        self._measure_losses_after("actor", lambda: task_losses()[0], groups.present)
+        def losses_after() -> tuple[Tensor, Tensor | None]:
+            return self._losses_after_on_rows(lambda r: row_losses(r)[0], actor_row_loss, groups)
+
+        self._measure_losses_after("actor", losses_after, groups.present)
 
         metrics["actor_loss"] = actor_loss.detach()
         metrics["entropy"] = -groups.mean(log_prob.detach())
@@ -411,7 +469,7 @@ class MultiTaskSAC:
         self.alpha_balancer.backward(alpha_loss, [self.log_alpha], present)
         self.alpha_optimizer.step()
 
-        self._measure_losses_after("alpha", task_losses, present)
+        self._measure_losses_after("alpha", lambda: (task_losses(), None), present)
 
         return {
             "alpha_loss": alpha_loss.detach(),
@@ -485,11 +543,19 @@ class MultiTaskSAC:
     # Losses after the step, for balancers that learn from them (FAMO).
 
     def _measure_losses_after(
-        self, role: str, task_losses: Callable[[], Tensor], present: Tensor
+        self,
+        role: str,
+        task_losses: Callable[[], tuple[Tensor, Tensor | None]],
+        present: Tensor,
     ) -> None:
         """Hand ``role``'s balancer the losses after its step: re-measured now (``same_batch``)
         or, with ``next_batch``, left to the next update (no forward pass here); nothing on the
-        updates that ``famo_reevaluation_every`` skips."""
+        updates that ``famo_reevaluation_every`` skips.
+
+        :param task_losses: measures the losses after the step, ``(num_tasks,)``, and returns them
+            with the same rows' losses before the step when those rows are a subset of the batch
+            (``None`` otherwise: the balancer compares with the losses it was given before).
+        """
         balancer: Balancer = getattr(self, f"{role}_balancer")
         if not balancer.requires_losses_after:
             return
@@ -499,7 +565,29 @@ class MultiTaskSAC:
             self._awaiting_losses_after.add(role)
             return
         with torch.no_grad():
-            balancer.update(task_losses(), present)
+            after, before = task_losses()
+            if before is None:
+                balancer.update(after, present)
+            else:
+                balancer.update(after, present, task_losses_before=before)
+
+    def _losses_after_on_rows(
+        self,
+        row_losses: Callable[[Tensor | slice], Tensor],
+        row_losses_before: Tensor,
+        groups: TaskGroups,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-task losses after the step, from the per-row losses of the given rows.
+
+        With ``famo_reevaluation_rows`` at 1, on every row, and ``None`` for the losses before.
+        Below 1, on a stratified subset of the rows (:meth:`TaskGroups.subset`), together with the
+        same rows' losses before the step, averaged from ``row_losses_before``, shape ``(batch,)``.
+        """
+        fraction = self.config.famo_reevaluation_rows
+        if fraction == 1.0:
+            return groups.mean(row_losses(_ALL_ROWS)), None
+        rows, subset = groups.subset(fraction)
+        return subset.mean(row_losses(rows)), subset.mean(row_losses_before.detach()[rows])
 
     def _close_previous_step(self, role: str, task_losses: Tensor, present: Tensor) -> None:
         """With ``next_batch``: this batch's losses, before the step, close the previous step."""
@@ -581,6 +669,8 @@ class MultiTaskSAC:
 
 
 _BATCH_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "task_idx")
+#: Indexes every row of a batch (a view: no copy).
+_ALL_ROWS = slice(None)
 
 
 def _action_bounds(

@@ -10,6 +10,12 @@ through the same two phases, so a training loop never needs to know which one it
         with torch.no_grad():
             balancer.update(compute_task_losses())
 
+A loop that re-measures on a subset of the batch's rows, to save most of that forward pass, also
+hands :meth:`Balancer.update` the same rows' losses from before the step (averaged from the
+per-row losses it already has), so that the change it sees is measured on the same rows::
+
+    balancer.update(task_losses_on(rows), task_losses_before=losses_before_on(rows))
+
 Balancers are :class:`torch.nn.Module` objects so that ``.to()``, ``state_dict()`` and
 ``load_state_dict()`` behave as everywhere else in PyTorch. Their internal state (FAMO's logits,
 uncertainty weighting's log-variances) is stepped by the balancer itself: never add
@@ -57,7 +63,12 @@ class Balancer(nn.Module, ABC):
             finite (for example zero): compute per-task means as ``sum / count.clamp(min=1)``.
         """
 
-    def update(self, task_losses_after: Tensor, mask: Tensor | None = None) -> None:
+    def update(
+        self,
+        task_losses_after: Tensor,
+        mask: Tensor | None = None,
+        task_losses_before: Tensor | None = None,
+    ) -> None:
         """Learn from the losses measured on the same batch after the optimizer step.
 
         Only balancers with :attr:`requires_losses_after` use it; for the others it does nothing,
@@ -65,9 +76,13 @@ class Balancer(nn.Module, ABC):
 
         :param task_losses_after: task losses after the step, shape ``(num_tasks,)``; gradients
             are not needed.
-        :param mask: as in :meth:`backward`.
+        :param mask: as in :meth:`backward`; with ``task_losses_before`` it applies to both.
+        :param task_losses_before: the losses before the step *on the rows that*
+            ``task_losses_after`` *was measured on*, shape ``(num_tasks,)``, when those are a
+            subset of the batch that :meth:`backward` saw. ``None`` (the default) compares
+            ``task_losses_after`` with the losses handed to :meth:`backward`.
         """
-        del task_losses_after, mask
+        del task_losses_after, mask, task_losses_before
 
     @property
     @abstractmethod

@@ -54,6 +54,12 @@ class FAMO(Balancer):
     then sum to less than one. (Restricting :math:`c` to the present tasks lets one batch that
     misses the small-loss tasks take a raw, unbalanced step on the large-loss ones.)
 
+    **Re-measuring on fewer rows.** :meth:`update` may be given losses after the step measured on
+    a subset of the batch's rows, together with the same rows' losses before the step
+    (``task_losses_before``); :math:`\delta` then compares those two, a paired difference, and the
+    losses that :meth:`combine` saw serve only for the model step. This is not in the paper, which
+    re-measures the whole batch.
+
     **Distributed.** When a process group with several ranks is initialised, the ``num_tasks``
     detached losses are averaged across ranks in both phases (never gradients), so every rank
     computes the same weights; the local losses still carry each rank's gradient, which DDP then
@@ -187,12 +193,25 @@ class FAMO(Balancer):
         self.combine(task_losses, mask).backward(inputs=param_list)
 
     @torch.no_grad()
-    def update(self, task_losses_after: Tensor, mask: Tensor | None = None) -> None:
+    def update(
+        self,
+        task_losses_after: Tensor,
+        mask: Tensor | None = None,
+        task_losses_before: Tensor | None = None,
+    ) -> None:
         """Step the logits from the losses re-measured on the same batch after the model step.
 
         :param task_losses_after: task losses after the optimizer step, shape ``(num_tasks,)``.
         :param mask: optional boolean ``(num_tasks,)``; tasks absent here or in :meth:`combine`
             leave their logits untouched.
+        :param task_losses_before: the losses before the step on the same rows as
+            ``task_losses_after``, shape ``(num_tasks,)``, when those rows are a subset of the
+            batch that :meth:`combine` saw; ``None`` compares with :meth:`combine`'s losses, as in
+            the paper. Estimated floors are lowered to admit them too.
+
+        .. warning::
+            Under ``torch.distributed`` every rank must pass ``task_losses_before`` or none: it is
+            averaged over the ranks with a collective call.
         """
         if self._pending is None:
             raise RuntimeError(
@@ -207,6 +226,10 @@ class FAMO(Balancer):
             after, local_present & torch.isfinite(after), self.process_group
         )
         before, present_before = self._pending
+        if task_losses_before is not None:
+            before, present_before = self._paired_before(
+                task_losses_before, local_present, present_before
+            )
         present = present_before & present_after
 
         floors = self._floors_after_seeing(after, present)
@@ -246,6 +269,20 @@ class FAMO(Balancer):
 
     # ----------------------------------------------------------------------------------------------
     # Steps of the algorithm.
+
+    def _paired_before(
+        self, task_losses_before: Tensor, local_present: Tensor, present_before: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The rank-averaged losses before the step on the re-measured rows, and where present;
+        estimated floors are lowered to admit them."""
+        losses = self._check_losses(task_losses_before, "task_losses_before")
+        before = losses.detach().to(device=self.logits.device, dtype=self.logits.dtype)
+        before, present = mean_over_ranks(
+            before, local_present & torch.isfinite(before), self.process_group
+        )
+        present = present_before & present
+        self._floors_after_seeing(before, present)
+        return before, present
 
     def _follow(self, losses: Tensor) -> None:
         """Move the state to the losses' device, widening its dtype if the losses are wider."""
