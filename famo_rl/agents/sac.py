@@ -308,6 +308,13 @@ class MultiTaskSAC:
         self.actor_optimizer = torch.optim.Adam(self._actor_params, lr=cfg.actor_lr, fused=fused)
         self.critic_optimizer = torch.optim.Adam(self._critic_params, lr=cfg.critic_lr, fused=fused)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=fused)
+        # Fused Adam skips a step on the device when told so (``found_inf``): non-finite steps
+        # are skipped without a host synchronisation. Other optimizers need one.
+        self._skips_on_device = fused is True
+        #: Updates with any phase skipped for non-finite losses, gradients or weights, and the
+        #: current run of consecutive ones: device tensors, read by the trainer when it chooses.
+        self.skipped_updates = torch.zeros((), dtype=torch.long, device=self.device)
+        self.consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
 
         self.critic_balancer = self._balancer(cfg.critic_balancer, cfg.critic_balancer_options)
         self.actor_balancer = self._balancer(cfg.actor_balancer, cfg.actor_balancer_options)
@@ -369,8 +376,10 @@ class MultiTaskSAC:
         :return: detached tensors on the device (no host synchronisation): ``critic_loss``,
             ``actor_loss``, ``alpha_loss``, ``alpha``, ``entropy`` (per task, ``(num_tasks,)``),
             ``critic_weights``, ``actor_weights``, ``alpha_weights`` (each balancer's weights,
-            ``(num_tasks,)``), ``q_mean`` (scalar), and with ``grad_clip`` set the scalars
-            ``critic_grad_norm`` and ``actor_grad_norm`` (norms before clipping).
+            ``(num_tasks,)``), ``q_mean`` (scalar), ``skipped`` (0-dim bool: a learner's step was
+            skipped because its losses, gradients or balancer weights were not finite; see
+            :attr:`skipped_updates` and :attr:`consecutive_skips`), and with ``grad_clip`` set
+            the scalars ``critic_grad_norm`` and ``actor_grad_norm`` (norms before clipping).
         """
         batch = self._check_batch(batch)
         groups = TaskGroups.from_task_idx(batch.task_idx, self.num_tasks, batch.reward.dtype)
@@ -379,6 +388,10 @@ class MultiTaskSAC:
         metrics.update(self.update_alpha(metrics["entropy"], groups.present))
         self.update_target()
         self._update_count += 1
+        skipped = torch.stack([metrics.pop(f"{role}_skipped") for role in _ROLES]).any()
+        self.skipped_updates += skipped
+        self.consecutive_skips.mul_(skipped).add_(skipped)
+        metrics["skipped"] = skipped
         return metrics
 
     def update_critic(self, batch: Batch, groups: TaskGroups) -> dict[str, Tensor]:
@@ -402,16 +415,17 @@ class MultiTaskSAC:
         self.critic_optimizer.zero_grad(set_to_none=True)
         self.critic_balancer.backward(critic_loss, self._critic_params, groups.present)
         metrics = self._clip("critic_grad_norm", self._critic_params)
-        self.critic_optimizer.step()
+        stepped = self._step_if_finite("critic", critic_loss, self._critic_params, groups.present)
 
         def losses_after() -> tuple[Tensor, Tensor | None]:
             return self._losses_after_on_rows(lambda r: row_losses(r)[0], critic_row_loss, groups)
 
-        self._measure_losses_after("critic", losses_after, groups.present)
+        self._measure_losses_after("critic", losses_after, groups.present & stepped)
 
         metrics["critic_loss"] = critic_loss.detach()
         metrics["q_mean"] = q.detach().mean()
         metrics["critic_weights"] = self.critic_balancer.weights
+        metrics["critic_skipped"] = ~stepped
         return metrics
 
     def update_actor(self, batch: Batch, groups: TaskGroups) -> dict[str, Tensor]:
@@ -437,16 +451,17 @@ class MultiTaskSAC:
         # Only the actor's gradients are computed: the critic is read, not trained, here.
         self.actor_balancer.backward(actor_loss, self._actor_params, groups.present)
         metrics = self._clip("actor_grad_norm", self._actor_params)
-        self.actor_optimizer.step()
+        stepped = self._step_if_finite("actor", actor_loss, self._actor_params, groups.present)
 
         def losses_after() -> tuple[Tensor, Tensor | None]:
             return self._losses_after_on_rows(lambda r: row_losses(r)[0], actor_row_loss, groups)
 
-        self._measure_losses_after("actor", losses_after, groups.present)
+        self._measure_losses_after("actor", losses_after, groups.present & stepped)
 
         metrics["actor_loss"] = actor_loss.detach()
         metrics["entropy"] = -groups.mean(log_prob.detach())
         metrics["actor_weights"] = self.actor_balancer.weights
+        metrics["actor_skipped"] = ~stepped
         return metrics
 
     def update_alpha(self, entropy: Tensor, present: Tensor) -> dict[str, Tensor]:
@@ -467,11 +482,12 @@ class MultiTaskSAC:
         self._close_previous_step("alpha", alpha_loss, present)
         self.alpha_optimizer.zero_grad(set_to_none=True)
         self.alpha_balancer.backward(alpha_loss, [self.log_alpha], present)
-        self.alpha_optimizer.step()
+        stepped = self._step_if_finite("alpha", alpha_loss, [self.log_alpha], present)
 
-        self._measure_losses_after("alpha", lambda: (task_losses(), None), present)
+        self._measure_losses_after("alpha", lambda: (task_losses(), None), present & stepped)
 
         return {
+            "alpha_skipped": ~stepped,
             "alpha_loss": alpha_loss.detach(),
             "alpha": self.log_alpha.detach().exp().expand(self.num_tasks).clone(),
             "alpha_weights": self.alpha_balancer.weights,
@@ -505,6 +521,7 @@ class MultiTaskSAC:
             "actor_balancer": self.actor_balancer.state_dict(),
             "alpha_balancer": self.alpha_balancer.state_dict(),
             "generator": self.generator.get_state(),
+            "skipped_updates": self.skipped_updates.detach().clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -535,6 +552,9 @@ class MultiTaskSAC:
         self.actor_balancer.load_state_dict(state["actor_balancer"])
         self.alpha_balancer.load_state_dict(state["alpha_balancer"])
         self.generator.set_state(state["generator"].cpu())
+        if "skipped_updates" in state:
+            self.skipped_updates.copy_(state["skipped_updates"])
+        self.consecutive_skips.zero_()
         # The balancers' pending steps were not saved: nothing waits for its losses after.
         self._awaiting_losses_after.clear()
         self._update_count = 0
@@ -611,6 +631,30 @@ class MultiTaskSAC:
         alpha = self.log_alpha.detach().exp()
         return alpha[task_idx] if self.config.per_task_alpha else alpha.expand(task_idx.shape[0])
 
+    def _step_if_finite(
+        self, role: str, task_losses: Tensor, params: Sequence[Tensor], present: Tensor
+    ) -> Tensor:
+        """Step ``role``'s optimizer unless its present tasks' losses, its gradients or its
+        balancer's weights hold a NaN or an infinity; return whether it stepped (0-dim bool).
+
+        A skipped step leaves the parameters and the optimizer's moments and step count as they
+        were. With fused Adam the decision stays on the device.
+        """
+        optimizer: torch.optim.Optimizer = getattr(self, f"{role}_optimizer")
+        balancer: Balancer = getattr(self, f"{role}_balancer")
+        checked = [torch.where(present, task_losses.detach(), 0.0), balancer.weights.detach()]
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            # One fused pass over the gradients; a non-finite entry makes its norm non-finite.
+            checked.append(torch.stack(torch._foreach_norm(grads)).to(task_losses.dtype))
+        finite = torch.isfinite(torch.cat(checked)).all()
+        if self._skips_on_device:
+            optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
+            optimizer.step()
+        elif bool(finite):
+            optimizer.step()
+        return finite
+
     def _clip(self, name: str, params: Sequence[Tensor]) -> dict[str, Tensor]:
         if self.config.grad_clip is None:
             return {}
@@ -671,6 +715,8 @@ class MultiTaskSAC:
 _BATCH_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "task_idx")
 #: Indexes every row of a batch (a view: no copy).
 _ALL_ROWS = slice(None)
+#: The three learners of an update, in their order.
+_ROLES = ("critic", "actor", "alpha")
 
 
 def _action_bounds(
