@@ -8,9 +8,10 @@ Three measurements, in one process run:
    with the same hidden sizes, total batch, replay capacity, one gradient update per vector step
    (each vector step advances all 10 tasks) and the same warm-up of random actions. Contenders:
    ``ours famo`` (the recommended ``configs/mt10_famo.yaml``: FAMO on the critic and actor losses),
-   ``ours famo every 4`` (the same with ``famo_reevaluation_every=4``), ``ours ls`` (plain
-   averaging, the same work as SB3's SAC), the same three ``overlapped`` (environments in worker
-   processes, stepping while the learner updates: ``overlap_env_steps``), ``sb3``, ``sb3 async``
+   ``ours famo every 4`` (the same with ``famo_reevaluation_every=4``), ``ours famo rows 0.25``
+   (``famo_reevaluation_rows=0.25``), ``ours ls`` (plain averaging, the same work as SB3's SAC),
+   the same four ``overlapped`` (environments in worker processes, stepping while the learner
+   updates: ``overlap_env_steps``), ``sb3``, ``sb3 async``
    (SB3 on the same worker-process environments; its loop waits for them) and ``sb3+famo``
    (:class:`famo_rl.sb3.MultiTaskSAC`, FAMO inside SB3). After the warm-up and one discarded block
    with updates, rounds of one block per contender run in a rotating order; each block's rate is
@@ -64,15 +65,28 @@ from famo_rl.training.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 #: The two Meta-World tasks ``--quick`` trains on instead of MT10.
 QUICK_TASKS = ["reach-v3", "push-v3"]
-#: Contender name -> for ours: (balancer of the critic and actor losses, famo_reevaluation_every,
-#: overlap_env_steps). Overlapped loops step the environments in worker processes (async).
-OURS: dict[str, tuple[str, int, bool]] = {
-    "ours famo": ("famo", 1, False),
-    "ours famo every 4": ("famo", 4, False),
-    "ours ls": ("ls", 1, False),
-    "ours famo overlapped": ("famo", 1, True),
-    "ours famo every 4 overlapped": ("famo", 4, True),
-    "ours ls overlapped": ("ls", 1, True),
+
+
+@dataclass(frozen=True)
+class OurLoop:
+    """One of our contenders: the balancer of the critic and actor losses, FAMO's re-measurement
+    options and whether environment steps overlap the update (worker-process environments)."""
+
+    balancer: str
+    reevaluation_every: int = 1
+    reevaluation_rows: float = 1.0
+    overlap: bool = False
+
+
+OURS: dict[str, OurLoop] = {
+    "ours famo": OurLoop("famo"),
+    "ours famo every 4": OurLoop("famo", reevaluation_every=4),
+    "ours famo rows 0.25": OurLoop("famo", reevaluation_rows=0.25),
+    "ours ls": OurLoop("ls"),
+    "ours famo overlapped": OurLoop("famo", overlap=True),
+    "ours famo every 4 overlapped": OurLoop("famo", reevaluation_every=4, overlap=True),
+    "ours famo rows 0.25 overlapped": OurLoop("famo", reevaluation_rows=0.25, overlap=True),
+    "ours ls overlapped": OurLoop("ls", overlap=True),
 }
 #: SB3 contender name -> (FAMO through our plug-in, environments in worker processes).
 SB3: dict[str, tuple[bool, bool]] = {
@@ -164,17 +178,21 @@ class Ours:
 
     def __init__(self, name: str, setting: Setting, run: Run) -> None:
         self.name = name
-        balancer, every, overlap = OURS[name]
+        loop = OURS[name]
         config = config_from_dict(
             {
-                "env": {"name": run.env_name, "vector_strategy": "async" if overlap else "sync"},
-                "overlap_env_steps": overlap,
+                "env": {
+                    "name": run.env_name,
+                    "vector_strategy": "async" if loop.overlap else "sync",
+                },
+                "overlap_env_steps": loop.overlap,
                 "agent": {
                     "hidden_sizes": list(setting.hidden_sizes),
-                    "critic_balancer": balancer,
-                    "actor_balancer": balancer,
+                    "critic_balancer": loop.balancer,
+                    "actor_balancer": loop.balancer,
                     "alpha_balancer": "ls",
-                    "famo_reevaluation_every": every,
+                    "famo_reevaluation_every": loop.reevaluation_every,
+                    "famo_reevaluation_rows": loop.reevaluation_rows,
                 },
                 "seed": 0,
                 "device": run.device,
