@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,31 @@ def test_updates_run_while_the_workers_step_and_see_the_previous_steps(tmp_path:
 def test_overlap_needs_worker_processes(strategy: str, name: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_dict(config(True, strategy, name))
+
+
+def worker_niceness(trainer: Trainer) -> list[int]:
+    processes = trainer.envs.processes  # type: ignore[attr-defined]
+    return [os.getpriority(os.PRIO_PROCESS, process.pid) for process in processes]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="needs Unix nice values")
+@pytest.mark.parametrize(("niceness", "overlap"), [(19, True), (7, True), (0, True), (19, False)])
+def test_overlapped_workers_run_at_a_lower_priority(
+    tmp_path: Path, niceness: int, overlap: bool
+) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    data = {**config(overlap), "overlap_worker_niceness": niceness, "total_steps": WARMUP + 2}
+    trainer = Trainer(config_from_dict(data), tmp_path / "run")
+    try:
+        expected = min(19, base + niceness) if overlap else base
+        assert worker_niceness(trainer) == [expected] * len(TASKS)
+        assert trainer.train().updates == 2  # the workers still step and the learner updates
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the learner keeps its own priority
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("niceness", [-1, 20])
+def test_worker_niceness_out_of_range_is_a_config_error(niceness: int) -> None:
+    with pytest.raises(ConfigError, match=rf"overlap_worker_niceness.*found {niceness}"):
+        config_from_dict({**config(True), "overlap_worker_niceness": niceness})

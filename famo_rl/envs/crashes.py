@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import multiprocessing.connection
+import os
 import queue
 import signal
 import warnings
@@ -226,6 +227,31 @@ class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
             autoreset_mode=autoreset_mode,
             worker=_worker_deaf_to_interrupts,
         )
+
+    def lower_worker_priority(self, increment: int) -> None:
+        """Raise every worker's nice value by ``increment`` (at most to 19), where the platform
+        has nice values (Unix).
+
+        For a learner that updates while the workers step: on a machine with few cores the
+        scheduler otherwise hands the learner's core to workers that wake up, so that the update
+        slows down by about the environments' own time and overlapping gains little. A lower
+        priority lets the workers run on the idle cores and yield the learner's.
+
+        .. warning::
+            The workers also yield to other programs on a busy machine, so their steps may then
+            take longer; ``increment=0`` leaves them as they are.
+
+        :param increment: a nice increment in ``[0, 19]``.
+        """
+        if not 0 <= increment <= 19:
+            raise ValueError(f"increment must lie in [0, 19], found {increment!r}")
+        if increment == 0 or not hasattr(os, "setpriority"):
+            return
+        for process in self.processes:
+            # A worker that has already died is reported by the next exchange with it.
+            with contextlib.suppress(ProcessLookupError):
+                current = os.getpriority(os.PRIO_PROCESS, process.pid)
+                os.setpriority(os.PRIO_PROCESS, process.pid, min(19, current + increment))
 
     # Every exchange with the workers goes through _guard; get_attr goes through call.
 

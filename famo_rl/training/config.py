@@ -140,6 +140,11 @@ class TrainConfig:
     #: then costs the longer of the two instead of their sum, and each update sees the
     #: transitions up to the previous step instead of the current one.
     overlap_env_steps: bool = False
+    #: With ``overlap_env_steps``: raise the environment workers' nice value by this much (Unix),
+    #: so that they step on idle cores and yield the learner's core to it. On 2 cores this took
+    #: the overlapped loop from 1.16x to 1.30x Stable-Baselines3's speed (``benchmarks/``); on a
+    #: machine busy with other programs the workers yield to those too. 0 leaves them as they are.
+    overlap_worker_niceness: Annotated[int, Field(ge=0, le=19)] = 19
     #: Stop the run after this many consecutive updates were skipped for non-finite losses,
     #: gradients or balancer weights (each skip is counted in ``train/skipped_updates``).
     max_consecutive_skips: PositiveInt = 100

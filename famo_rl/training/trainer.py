@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from famo_rl.agents import MultiTaskReplayBuffer, MultiTaskSAC
 from famo_rl.envs import (
+    CrashReportingAsyncVectorEnv,
     EnvironmentCrashed,
     MultiTaskVectorEnv,
     make_envs,
@@ -130,6 +131,10 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         _seed_everything(config.seed)
         self.envs = build_envs(config, config.seed)
+        if config.overlap_env_steps:
+            # The config check guarantees Meta-World in worker processes.
+            workers = cast(CrashReportingAsyncVectorEnv, self.envs)
+            workers.lower_worker_priority(config.overlap_worker_niceness)
         self.eval_envs: MultiTaskVectorEnv | None = None
         self.task_names = list(self.envs.task_names)
         self.num_tasks = self.envs.num_envs
