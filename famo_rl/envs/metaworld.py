@@ -91,12 +91,14 @@ def _select(benchmark: str | Sequence[str]) -> _Selection:
         raise TypeError(
             f"benchmark must be 'MT10', 'MT50' or a list of task names, found {benchmark!r}"
         )
-    return _Selection("custom", _check_task_names(list(benchmark)))
+    return _Selection("custom", check_task_names(list(benchmark)))
 
 
-def _check_task_names(task_names: list[Any]) -> tuple[str, ...]:
+def check_task_names(task_names: list[Any]) -> tuple[str, ...]:
+    """The names, checked to be distinct Meta-World v3 task names (``ValueError`` or ``TypeError``
+    naming the first bad one, with the closest names where there are any)."""
     if not task_names:
-        raise ValueError("benchmark must name at least one task, found an empty list")
+        raise ValueError("benchmark must name at least one task, found []")
     for task_name in task_names:
         if not isinstance(task_name, str):
             raise TypeError(f"task names must be strings, found {task_name!r} in {task_names!r}")

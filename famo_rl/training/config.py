@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from famo_rl.agents.sac import SACConfig
 from famo_rl.balancers import make_balancer
 from famo_rl.envs.factory import DEFAULT_SYNTHETIC_TASKS
-from famo_rl.envs.metaworld import METAWORLD_TASK_NAMES, did_you_mean
+from famo_rl.envs.metaworld import METAWORLD_TASK_NAMES, check_task_names, did_you_mean
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -374,15 +374,10 @@ def _check_env(env: EnvConfig) -> int:
 
 
 def _check_task_names(task_names: list[str]) -> None:
-    unknown = [name for name in task_names if name not in METAWORLD_TASK_NAMES]
-    if unknown:
-        raise ConfigError(
-            f"config key 'env.name': unknown Meta-World task {unknown[0]!r}"
-            f"{did_you_mean(unknown[0], METAWORLD_TASK_NAMES)}"
-        )
-    repeated = sorted({name for name in task_names if task_names.count(name) > 1})
-    if repeated:
-        raise ConfigError(f"config key 'env.name': tasks must be distinct, found {repeated} twice")
+    try:
+        check_task_names(task_names)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config key 'env.name': {error}") from None
 
 
 def _check_balancers(agent: SACConfig, num_tasks: int) -> None:
