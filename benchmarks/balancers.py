@@ -298,6 +298,28 @@ def tables(records: list[dict[str, Any]], settings: Sequence[Setting]) -> str:
     return "\n".join(text)
 
 
+def summary_table(records: list[dict[str, Any]], settings: Sequence[Setting]) -> str:
+    """One table of every variant's median ratio to ``ls``, a column per (batch setting, K)."""
+    columns = [
+        (setting.name, k)
+        for setting in settings
+        for k in sorted({r["num_tasks"] for r in records if r["setting"] == setting.name})
+    ]
+    cell = {(r["variant"], r["setting"], r["num_tasks"]): r for r in records}
+    rows = []
+    for label in dict.fromkeys(r["variant"] for r in records):
+        row = [f"`{label}`"]
+        for name, k in columns:
+            record = cell.get((label, name, k))
+            row.append("-" if record is None else f"{record['ratio_to_ls']['median']:.2f}")
+        rows.append(row)
+    headers = ["balancer", *(f"{name}, K={k}" for name, k in columns)]
+    return (
+        "### Time per update, median ratio to `ls` within a round, every setting\n\n"
+        + markdown_table(headers, rows)
+    )
+
+
 def plot(records: list[dict[str, Any]], settings: Sequence[Setting], path: Path) -> None:
     """Time per update against K, one line per balancer, one panel per batch setting.
 
@@ -364,6 +386,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="tiny networks, K in {2, 3}")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: write the markdown and the plot again from a results file",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.per_task, args.total, args.hidden = [2, 3], 16, 48, [32, 32]
@@ -378,6 +406,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        report(json.loads(args.report.read_text())["results"], args.report.with_suffix(""))
+        return 0
     set_threads(args.threads)
     variants = [VARIANTS[label] for label in args.methods]
     settings = [
@@ -396,11 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{setting.name}, K={num_tasks}: {time.perf_counter() - started:.0f} s",
                     flush=True,
                 )
-    text = tables(records, settings)
-    print(text)
     name = "balancers_quick" if args.quick else f"balancers_{args.device.split(':')[0]}"
     run_settings = {
-        key: value for key, value in vars(args).items() if key not in ("out", "quick", "methods")
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("out", "quick", "methods", "report")
     }
     run_settings["hidden"] = list(args.hidden)
     run_settings["variants"] = [vars(v) for v in variants]
@@ -408,9 +439,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out / f"{name}.json",
         {"machine": machine_description(args.device), "settings": run_settings, "results": records},
     )
-    (args.out / f"{name}.md").write_text(text)
-    plot(records, settings, args.out / f"{name}.png")
+    report(records, args.out / name)
     return 0
+
+
+def report(records: list[dict[str, Any]], stem: Path) -> None:
+    """Write ``<stem>.md`` (the summary, then every setting's tables) and ``<stem>.png``."""
+    settings = [Setting(name) for name in dict.fromkeys(r["setting"] for r in records)]
+    text = summary_table(records, settings) + "\n" + tables(records, settings)
+    print(text)
+    stem.with_suffix(".md").write_text(text)
+    plot(records, settings, stem.with_suffix(".png"))
 
 
 if __name__ == "__main__":

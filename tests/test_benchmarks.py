@@ -66,6 +66,17 @@ def test_balancer_benchmark_quick(tmp_path: Path) -> None:
         if record["variant"] == "ls":
             assert record["ratio_to_ls"]["median"] == 1.0
 
+    # --report writes the same markdown again from the JSON alone, without measuring.
+    markdown = (tmp_path / "balancers_quick.md").read_text()
+    copy = tmp_path / "again" / "balancers_quick.json"
+    copy.parent.mkdir()
+    copy.write_text((tmp_path / "balancers_quick.json").read_text())
+    assert balancers.main(["--report", str(copy)]) == 0
+    assert (copy.parent / "balancers_quick.md").read_text() == markdown
+    assert (copy.parent / "balancers_quick.png").stat().st_size > 1000
+    summary = markdown.split("\n\n###", 1)[0]
+    assert summary.count("\n| `") == len(balancers.VARIANTS)  # one summary row per variant
+
 
 def test_training_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The trainer reads and writes the default goal cache: keep it inside tmp_path.
