@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,26 @@ def test_tensorboard_tags_cover_tasks_losses_weights_and_speed(finished_run: Pat
     # FAMO's weights moved away from uniform: the updates ran and reached the balancer.
     final = [tags[f"balancer/critic/{name}"][-1] for name in tasks]
     assert max(abs(w - 1 / 3) for w in final) > 1e-4
+
+
+def documented_tags() -> set[str]:
+    """Every tag named in the first column of docs/tensorboard.md's table."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tensorboard.md").read_text()
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    return {tag for row in rows for tag in re.findall(r"`([^`]+)`", row)}
+
+
+def test_every_tag_written_is_documented(finished_run: Path) -> None:
+    tasks = ["reach-0", "reach-1", "reach-2"]
+    documented = documented_tags()
+    undocumented = []
+    for tag in scalars(finished_run):
+        generic = tag
+        for name in tasks:
+            generic = generic.replace(f"/{name}", "/<task>")
+        if generic not in documented:
+            undocumented.append(tag)
+    assert not undocumented, f"tags missing from docs/tensorboard.md: {undocumented}"
 
 
 def test_updates_ran_and_changed_the_agent(finished_run: Path) -> None:
