@@ -11,8 +11,9 @@ Three measurements, in one process run:
    ``ours famo every 4`` (the same with ``famo_reevaluation_every=4``), ``ours famo rows 0.25``
    (``famo_reevaluation_rows=0.25``), ``ours ls`` (plain averaging, the same work as SB3's SAC),
    the same four ``overlapped`` (environments in worker processes, stepping while the learner
-   updates: ``overlap_env_steps``, the workers at nice 19), ``ours ls overlapped, workers not
-   niced`` (``overlap_worker_niceness=0``), ``sb3``, ``sb3 async``
+   updates: ``overlap_env_steps``, the workers at the ``idle`` scheduling priority),
+   ``ours ls overlapped, workers low`` and ``..., workers normal`` (``overlap_worker_priority``
+   ``low``: nice 19; ``normal``: unchanged), ``sb3``, ``sb3 async``
    (SB3 on the same worker-process environments; its loop waits for them) and ``sb3+famo``
    (:class:`famo_rl.sb3.MultiTaskSAC`, FAMO inside SB3). After the warm-up and one discarded block
    with updates, rounds of one block per contender run in a rotating order; each block's rate is
@@ -60,6 +61,7 @@ from benchmarks._common import (
     write_json,
 )
 from famo_rl.envs import make_envs
+from famo_rl.envs.crashes import WorkerPriority
 from famo_rl.training.config import config_from_dict
 from famo_rl.training.trainer import Trainer
 
@@ -77,8 +79,8 @@ class OurLoop:
     reevaluation_every: int = 1
     reevaluation_rows: float = 1.0
     overlap: bool = False
-    #: ``overlap_worker_niceness`` of overlapped loops (the config's default unless stated).
-    worker_niceness: int = 19
+    #: ``overlap_worker_priority`` of overlapped loops (the config's default unless stated).
+    worker_priority: WorkerPriority = "idle"
 
 
 OURS: dict[str, OurLoop] = {
@@ -90,7 +92,8 @@ OURS: dict[str, OurLoop] = {
     "ours famo every 4 overlapped": OurLoop("famo", reevaluation_every=4, overlap=True),
     "ours famo rows 0.25 overlapped": OurLoop("famo", reevaluation_rows=0.25, overlap=True),
     "ours ls overlapped": OurLoop("ls", overlap=True),
-    "ours ls overlapped, workers not niced": OurLoop("ls", overlap=True, worker_niceness=0),
+    "ours ls overlapped, workers low": OurLoop("ls", overlap=True, worker_priority="low"),
+    "ours ls overlapped, workers normal": OurLoop("ls", overlap=True, worker_priority="normal"),
 }
 #: SB3 contender name -> (FAMO through our plug-in, environments in worker processes).
 SB3: dict[str, tuple[bool, bool]] = {
@@ -190,7 +193,7 @@ class Ours:
                     "vector_strategy": "async" if loop.overlap else "sync",
                 },
                 "overlap_env_steps": loop.overlap,
-                "overlap_worker_niceness": loop.worker_niceness,
+                "overlap_worker_priority": loop.worker_priority,
                 "agent": {
                     "hidden_sizes": list(setting.hidden_sizes),
                     "critic_balancer": loop.balancer,

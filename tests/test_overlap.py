@@ -81,29 +81,39 @@ def test_overlap_needs_worker_processes(strategy: str, name: Any, message: str) 
         config_from_dict(config(True, strategy, name))
 
 
-def worker_niceness(trainer: Trainer) -> list[int]:
+def worker_priorities(trainer: Trainer) -> list[tuple[int, int]]:
+    """(scheduling policy, nice value) of every environment worker."""
     processes = trainer.envs.processes  # type: ignore[attr-defined]
-    return [os.getpriority(os.PRIO_PROCESS, process.pid) for process in processes]
+    return [
+        (os.sched_getscheduler(process.pid), os.getpriority(os.PRIO_PROCESS, process.pid))
+        for process in processes
+    ]
 
 
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="needs Unix nice values")
-@pytest.mark.parametrize(("niceness", "overlap"), [(19, True), (7, True), (0, True), (19, False)])
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux scheduling policies")
+@pytest.mark.parametrize(
+    ("priority", "overlap"), [("idle", True), ("low", True), ("normal", True), ("idle", False)]
+)
 def test_overlapped_workers_run_at_a_lower_priority(
-    tmp_path: Path, niceness: int, overlap: bool
+    tmp_path: Path, priority: str, overlap: bool
 ) -> None:
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    data = {**config(overlap), "overlap_worker_niceness": niceness, "total_steps": WARMUP + 2}
+    learner = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    expected = {
+        "idle": (os.SCHED_IDLE, learner[1]),
+        "low": (learner[0], 19),
+        "normal": learner,
+    }[priority if overlap else "normal"]
+    data = {**config(overlap), "overlap_worker_priority": priority, "total_steps": WARMUP + 2}
     trainer = Trainer(config_from_dict(data), tmp_path / "run")
     try:
-        expected = min(19, base + niceness) if overlap else base
-        assert worker_niceness(trainer) == [expected] * len(TASKS)
+        assert worker_priorities(trainer) == [expected] * len(TASKS)
         assert trainer.train().updates == 2  # the workers still step and the learner updates
-        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the learner keeps its own priority
+        # The learner keeps its own priority.
+        assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)) == learner
     finally:
         trainer.close()
 
 
-@pytest.mark.parametrize("niceness", [-1, 20])
-def test_worker_niceness_out_of_range_is_a_config_error(niceness: int) -> None:
-    with pytest.raises(ConfigError, match=rf"overlap_worker_niceness.*found {niceness}"):
-        config_from_dict({**config(True), "overlap_worker_niceness": niceness})
+def test_unknown_worker_priority_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"overlap_worker_priority.*found 'lowest'"):
+        config_from_dict({**config(True), "overlap_worker_priority": "lowest"})

@@ -40,6 +40,9 @@ WORKER_REPORT_TIMEOUT_S = 5.0
 WORKER_STOP_TIMEOUT_S = 2.0
 
 Phase = Literal["start", "reset", "step", "call", "set_attr"]
+#: How far :meth:`CrashReportingAsyncVectorEnv.set_worker_priority` lowers the workers' priority.
+WorkerPriority = Literal["idle", "low", "normal"]
+WORKER_PRIORITIES: tuple[WorkerPriority, ...] = ("idle", "low", "normal")
 
 
 class EnvironmentCrashed(RuntimeError):
@@ -228,30 +231,39 @@ class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
             worker=_worker_deaf_to_interrupts,
         )
 
-    def lower_worker_priority(self, increment: int) -> None:
-        """Raise every worker's nice value by ``increment`` (at most to 19), where the platform
-        has nice values (Unix).
+    def set_worker_priority(self, priority: WorkerPriority) -> None:
+        """Lower every worker's scheduling priority, so that the workers yield the learner's core.
 
         For a learner that updates while the workers step: on a machine with few cores the
         scheduler otherwise hands the learner's core to workers that wake up, so that the update
-        slows down by about the environments' own time and overlapping gains little. A lower
-        priority lets the workers run on the idle cores and yield the learner's.
+        slows down by about the environments' own time and overlapping gains little.
+
+        - ``"idle"``: Linux's ``SCHED_IDLE`` policy; a worker runs only on a core that nothing
+          else wants, and a waking worker never preempts the learner. Where the platform has no
+          such policy, ``"low"``.
+        - ``"low"``: the highest nice value, 19 (Unix); a worker still takes a small share of a
+          busy core.
+        - ``"normal"``: the workers keep the learner's priority.
 
         .. warning::
             The workers also yield to other programs on a busy machine, so their steps may then
-            take longer; ``increment=0`` leaves them as they are.
+            take longer (with ``"idle"``, as long as those programs keep every core busy).
 
-        :param increment: a nice increment in ``[0, 19]``.
+        :param priority: ``"idle"``, ``"low"`` or ``"normal"``.
         """
-        if not 0 <= increment <= 19:
-            raise ValueError(f"increment must lie in [0, 19], found {increment!r}")
-        if increment == 0 or not hasattr(os, "setpriority"):
+        if priority not in WORKER_PRIORITIES:
+            raise ValueError(f"priority must be one of {WORKER_PRIORITIES}, found {priority!r}")
+        if priority == "idle" and not hasattr(os, "SCHED_IDLE"):
+            priority = "low"
+        if priority == "normal" or not hasattr(os, "setpriority"):
             return
         for process in self.processes:
             # A worker that has already died is reported by the next exchange with it.
             with contextlib.suppress(ProcessLookupError):
-                current = os.getpriority(os.PRIO_PROCESS, process.pid)
-                os.setpriority(os.PRIO_PROCESS, process.pid, min(19, current + increment))
+                if priority == "idle":
+                    os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+                else:
+                    os.setpriority(os.PRIO_PROCESS, process.pid, 19)
 
     # Every exchange with the workers goes through _guard; get_attr goes through call.
 

@@ -134,7 +134,7 @@ class Trainer:
         if config.overlap_env_steps:
             # The config check guarantees Meta-World in worker processes.
             workers = cast(CrashReportingAsyncVectorEnv, self.envs)
-            workers.lower_worker_priority(config.overlap_worker_niceness)
+            workers.set_worker_priority(config.overlap_worker_priority)
         self.eval_envs: MultiTaskVectorEnv | None = None
         self.task_names = list(self.envs.task_names)
         self.num_tasks = self.envs.num_envs
