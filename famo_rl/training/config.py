@@ -144,8 +144,8 @@ class TrainConfig:
     #: With ``overlap_env_steps``: the environment workers' scheduling priority, so that they step
     #: on idle cores and yield the learner's core to it. ``idle`` (Linux's ``SCHED_IDLE``; ``low``
     #: elsewhere): a worker runs only on a core nothing else wants; ``low``: nice 19; ``normal``:
-    #: unchanged. On 2 cores the overlapped loop ran at 1.45x Stable-Baselines3's speed with
-    #: ``idle``, 1.26x with ``low`` and 1.09x with ``normal`` (``benchmarks/``); on a machine whose
+    #: unchanged. On 2 cores the overlapped loop ran at 1.36x Stable-Baselines3's speed with
+    #: ``idle``, 1.21x with ``low`` and 1.17x with ``normal`` (``benchmarks/``); on a machine whose
     #: cores other programs keep busy, the workers yield to those too.
     overlap_worker_priority: WorkerPriority = "idle"
     #: Stop the run after this many consecutive updates were skipped for non-finite losses,
