@@ -30,7 +30,7 @@ Three measurements, in one process run:
    temperature, target, FAMO's re-measurement) and the logging, then the top functions of a
    ``cProfile`` run.
 
-Run: ``python -m benchmarks.training`` (about 25 minutes on 2 CPU cores); ``--quick`` for a smoke
+Run: ``python -m benchmarks.training`` (about 20 minutes on 2 CPU cores); ``--quick`` for a smoke
 test (two Meta-World tasks, tiny networks, MT50 skipped).
 """
 
