@@ -114,6 +114,22 @@ def test_overlapped_workers_run_at_a_lower_priority(
         trainer.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux scheduling policies")
+def test_idle_priority_falls_back_to_nice_19_where_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any) -> None:
+        raise PermissionError("Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    learner = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    trainer = Trainer(config_from_dict({**config(True), "total_steps": WARMUP + 2}), tmp_path)
+    try:
+        assert worker_priorities(trainer) == [(learner[0], 19)] * len(TASKS)
+    finally:
+        trainer.close()
+
+
 def test_unknown_worker_priority_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"overlap_worker_priority.*found 'lowest'"):
         config_from_dict({**config(True), "overlap_worker_priority": "lowest"})

@@ -240,7 +240,7 @@ class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
 
         - ``"idle"``: Linux's ``SCHED_IDLE`` policy; a worker runs only on a core that nothing
           else wants, and a waking worker never preempts the learner. Where the platform has no
-          such policy, ``"low"``.
+          such policy or refuses it (some sandboxes), ``"low"``.
         - ``"low"``: the highest nice value, 19 (Unix); a worker still takes a small share of a
           busy core.
         - ``"normal"``: the workers keep the learner's priority.
@@ -261,9 +261,12 @@ class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
             # A worker that has already died is reported by the next exchange with it.
             with contextlib.suppress(ProcessLookupError):
                 if priority == "idle":
-                    os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
-                else:
-                    os.setpriority(os.PRIO_PROCESS, process.pid, 19)
+                    try:
+                        os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+                        continue
+                    except PermissionError:
+                        pass
+                os.setpriority(os.PRIO_PROCESS, process.pid, 19)
 
     # Every exchange with the workers goes through _guard; get_attr goes through call.
 
