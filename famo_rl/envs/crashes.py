@@ -24,6 +24,7 @@ import multiprocessing.connection
 import os
 import queue
 import signal
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -42,7 +43,16 @@ WORKER_STOP_TIMEOUT_S = 2.0
 Phase = Literal["start", "reset", "step", "call", "set_attr"]
 #: How far :meth:`CrashReportingAsyncVectorEnv.set_worker_priority` lowers the workers' priority.
 WorkerPriority = Literal["idle", "low", "normal"]
-WORKER_PRIORITIES: tuple[WorkerPriority, ...] = ("idle", "low", "normal")
+WORKER_PRIORITIES: tuple[WorkerPriority, ...] = typing.get_args(WorkerPriority)
+
+
+def _set_idle_policy(pid: int) -> bool:
+    """Put process ``pid`` under ``SCHED_IDLE``; False where the system refuses it."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except PermissionError:
+        return False
+    return True
 
 
 class EnvironmentCrashed(RuntimeError):
@@ -260,13 +270,8 @@ class CrashReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
         for process in self.processes:
             # A worker that has already died is reported by the next exchange with it.
             with contextlib.suppress(ProcessLookupError):
-                if priority == "idle":
-                    try:
-                        os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
-                        continue
-                    except PermissionError:
-                        pass
-                os.setpriority(os.PRIO_PROCESS, process.pid, 19)
+                if not (priority == "idle" and _set_idle_policy(process.pid)):
+                    os.setpriority(os.PRIO_PROCESS, process.pid, 19)
 
     # Every exchange with the workers goes through _guard; get_attr goes through call.
 
